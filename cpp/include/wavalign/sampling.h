@@ -1,0 +1,96 @@
+// Batched constrained next-token sampler.
+//
+// Per row, the pipeline is (python/wavalign/reference/sampling.py is the exact twin):
+//   1. raw log-softmax of the unmodified logits (temperature 1)  -> raw logprob of the pick
+//   2. penalties over the row's token history: repetition (HF style: divide positive
+//      logits, multiply negative ones), then frequency (x count) and presence (x [count>0])
+//   3. allowed-id mask: only ids inside the row's ranges [lo, hi) survive
+//   4. temperature == 0 -> greedy argmax (lowest id on ties); processed logprob = 0
+//   5. z = logit / temperature
+//   6. top-k: keep z >= the k-th largest z              (ties at the boundary are kept)
+//   7. top-p: on the top-k survivors, keep z >= z_m where m is the first position, in
+//      descending order, at which the cumulative probability reaches p
+//   8. min-p: keep z with exp(z - max z) >= min_p
+//   9. draw by inverse CDF over surviving ids in ascending id order, using one Philox
+//      uniform u = U(seed, offset[row]): the first id whose cumulative mass exceeds u * total
+// Every filter is a threshold on z, so the kept set is {allowed ids : z >= tau}; no step
+// sorts the vocabulary (only the few candidates that straddle a threshold are ordered).
+//
+// C++ never owns tensor memory: every pointer below is allocated by the caller.
+#pragma once
+#include <cstdint>
+
+#include "wavalign/dtype.h"
+
+namespace wavalign {
+
+// Per-row outcome codes written to `status`; the Python layer turns them into exceptions.
+enum SampleStatus : int32_t {
+  kSampleOk = 0,
+  kSampleNonFiniteLogit = 1,       // NaN or +inf among the row's logits
+  kSampleNoFiniteLogit = 2,        // every raw logit is -inf
+  kSampleEmptyAllowedSet = 3,      // the row's ranges cover no id
+  kSampleAllowedAllMasked = 4,     // every allowed id has logit -inf after penalties
+  kSampleHistoryIdOutOfRange = 5,  // a history id is not in [-1, vocab)
+  kSampleBadRange = 6,             // a range has lo < 0, hi > vocab or lo > hi
+  kSampleBadParameter = 7,         // temperature < 0, top_p not in (0, 1], min_p not in [0, 1],
+                                   // top_k < 0, repetition_penalty <= 0, non-finite value
+};
+
+struct SampleTokensArgs {
+  // logits: [n_rows, vocab] of logits_dtype, row-major contiguous.
+  const void* logits = nullptr;
+  DType logits_dtype = DType::Float32;
+  int64_t n_rows = 0;
+  int64_t vocab = 0;
+
+  // Per-row parameters, each [n_rows].
+  const float* temperature = nullptr;         // 0 = greedy
+  const int64_t* top_k = nullptr;             // 0 = off
+  const float* top_p = nullptr;               // 1 = off
+  const float* min_p = nullptr;               // 0 = off
+  const float* repetition_penalty = nullptr;  // 1 = off
+  const float* presence_penalty = nullptr;    // 0 = off
+  const float* frequency_penalty = nullptr;   // 0 = off
+
+  // history: [n_rows, history_len] int64 token ids; -1 is padding. May be null (len 0).
+  const int64_t* history = nullptr;
+  int64_t history_len = 0;
+
+  // allowed_ranges: [n_rows, n_ranges, 2] int64 half-open [lo, hi); lo == hi is padding.
+  // Null (n_ranges 0) means every id is allowed. Ranges may overlap (union).
+  const int64_t* allowed_ranges = nullptr;
+  int64_t n_ranges = 0;
+
+  // Randomness: row r draws from Philox(seed, offsets[r]). offsets: [n_rows] int64.
+  uint64_t seed = 0;
+  const int64_t* offsets = nullptr;
+
+  // Outputs, each [n_rows].
+  int64_t* out_ids = nullptr;
+  float* out_logprobs = nullptr;      // log-prob under the processed distribution
+  float* out_raw_logprobs = nullptr;  // log-softmax of the raw logits at temperature 1
+  int32_t* out_status = nullptr;      // SampleStatus
+
+  // CUDA only: [n_rows, vocab] float32 scratch for processed logits, and the stream.
+  float* workspace = nullptr;
+  void* cuda_stream = nullptr;
+};
+
+// Upper bound on ranges per row (kept small so a row's merged ranges fit in registers
+// or shared memory on every backend).
+constexpr int64_t kMaxAllowedRanges = 64;
+
+void sample_tokens_cpu(const SampleTokensArgs& args);
+
+#if defined(WAVALIGN_WITH_CUDA)
+// Enqueues on args.cuda_stream; returns a CUDA error string or nullptr.
+const char* sample_tokens_cuda(const SampleTokensArgs& args);
+bool cuda_device_available(int* device_count);
+#endif
+
+// Threads used by CPU ops (defaults to the CPUs this process may run on).
+int get_num_threads();
+void set_num_threads(int n);
+
+}  // namespace wavalign

@@ -1,0 +1,498 @@
+// CPU implementation of the batched constrained sampler (see wavalign/sampling.h for the
+// pipeline). Rows are independent and spread over the thread pool; each row works in a
+// thread-local float copy of its logits, so the caller's tensor is only read.
+#include "wavalign/sampling.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "simd.h"
+#include "wavalign/philox.h"
+#include "wavalign/thread_pool.h"
+
+namespace wavalign {
+
+const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::Float32: return "float32";
+    case DType::BFloat16: return "bfloat16";
+    case DType::Float16: return "float16";
+    case DType::Int32: return "int32";
+    case DType::Int64: return "int64";
+    case DType::Int8: return "int8";
+  }
+  return "unknown";
+}
+
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr int64_t kBlock = 1024;    // elements per block in the draw pass
+
+// Histogram used to find top-k / top-p thresholds without sorting: bucket by distance
+// below the max, d = m - z, in kBucketsPerNat-wide slices up to kHistNats; everything
+// further down (including -inf) shares the last bucket.
+constexpr int kHistNats = 32;
+constexpr int kBucketsPerNat = 128;
+constexpr int kBuckets = kHistNats * kBucketsPerNat;  // + 1 tail bucket
+
+using simd::exp_nonpositive;
+using simd::f8;
+using simd::kWidth;
+
+struct Range {
+  int64_t lo, hi;
+};
+
+struct Bf16 { uint16_t bits; };
+struct Fp16 { uint16_t bits; };
+inline float load_as_float(const float* p, int64_t i) { return p[i]; }
+inline float load_as_float(const Bf16* p, int64_t i) { return bf16_to_float(p[i].bits); }
+inline float load_as_float(const Fp16* p, int64_t i) { return fp16_to_float(p[i].bits); }
+
+// Copies a row into `dst` as float32; returns its max and whether it holds NaN or +inf.
+// The vector body handles float32 and bfloat16; float16 converts one element at a time.
+template <typename T>
+WAVALIGN_SIMD_CLONES float load_row(const T* src, int64_t n, float* dst, bool* has_bad) {
+  f8 best_v = simd::splat(-kInf);
+  simd::i8 bad_v = {};
+  int64_t i = 0;
+  if constexpr (!std::is_same_v<T, Fp16>) {
+    for (; i + kWidth <= n; i += kWidth) {
+      f8 v;
+      if constexpr (std::is_same_v<T, float>) v = simd::load(src + i);
+      else v = simd::load_bf16(&src[i].bits);
+      simd::store(dst + i, v);
+      bad_v |= (v != v) | (v == simd::splat(kInf));
+      best_v = simd::vmax(v, best_v);
+    }
+  }
+  float best = simd::hmax(best_v);
+  bool bad = false;
+  for (int l = 0; l < kWidth; ++l) bad |= bad_v[l] != 0;
+  for (; i < n; ++i) {
+    const float v = load_as_float(src, i);
+    dst[i] = v;
+    bad |= (v != v) || (v == kInf);
+    best = v > best ? v : best;
+  }
+  *has_bad = bad;
+  return best;
+}
+
+// sum_i exp(z[i] - shift): float vector lanes, flushed into a double every kBlock.
+WAVALIGN_SIMD_CLONES double sum_exp(const float* z, int64_t n, float shift) {
+  double total = 0.0;
+  const f8 shift_v = simd::splat(shift);
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t len = std::min(kBlock, n - start);
+    const float* zb = z + start;
+    f8 acc = {};
+    int64_t i = 0;
+    for (; i + kWidth <= len; i += kWidth) acc += exp_nonpositive(simd::load(zb + i) - shift_v);
+    float tail = 0.0f;
+    for (; i < len; ++i) tail += exp_nonpositive(zb[i] - shift);
+    total += simd::hsum(acc) + tail;
+  }
+  return total;
+}
+
+// z[i] /= temperature in place, returns the max. Division (not multiplication by 1/t)
+// so values round exactly as `logits / t` does in PyTorch.
+WAVALIGN_SIMD_CLONES float divide_and_max(float* z, int64_t n, float temperature) {
+  const f8 t = simd::splat(temperature);
+  f8 best_v = simd::splat(-kInf);
+  int64_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) {
+    const f8 v = simd::load(z + i) / t;
+    simd::store(z + i, v);
+    best_v = simd::vmax(v, best_v);
+  }
+  float best = simd::hmax(best_v);
+  for (; i < n; ++i) {
+    z[i] /= temperature;
+    best = z[i] > best ? z[i] : best;
+  }
+  return best;
+}
+
+// Mass of the kept elements of one slice: sum of exp(z - max_z) over z >= tau.
+// Both the total and the draw use this one function, so they agree exactly.
+WAVALIGN_SIMD_CLONES double kept_mass(const float* z, int64_t n, float tau, float max_z) {
+  const f8 tau_v = simd::splat(tau), max_v = simd::splat(max_z);
+  f8 acc = {};
+  int64_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) {
+    const f8 v = simd::load(z + i);
+    acc += v >= tau_v ? exp_nonpositive(v - max_v) : simd::splat(0.0f);
+  }
+  float tail = 0.0f;
+  for (; i < n; ++i) tail += z[i] >= tau ? exp_nonpositive(z[i] - max_z) : 0.0f;
+  return simd::hsum(acc) + tail;
+}
+
+inline int bucket_of(float z, float max_z) {
+  const float scaled = (max_z - z) * static_cast<float>(kBucketsPerNat);
+  return scaled < static_cast<float>(kBuckets) ? static_cast<int>(scaled) : kBuckets;
+}
+
+// Adds one slice to the bucket histogram (count and mass per bucket). Bucket ids and
+// masses are computed eight at a time; only the scatter is scalar.
+WAVALIGN_SIMD_CLONES void add_to_histogram(const float* z, int64_t n, float max_z,
+                                           int32_t* count, double* mass) {
+  const f8 max_v = simd::splat(max_z);
+  const f8 scale = simd::splat(static_cast<float>(kBucketsPerNat));
+  const f8 tail = simd::splat(static_cast<float>(kBuckets));
+  int64_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) {
+    const f8 v = simd::load(z + i);
+    const f8 scaled = (max_v - v) * scale;
+    const simd::i8 bucket = __builtin_convertvector(scaled < tail ? scaled : tail, simd::i8);
+    const f8 e = exp_nonpositive(v - max_v);
+    for (int l = 0; l < kWidth; ++l) {
+      count[bucket[l]] += 1;
+      mass[bucket[l]] += e[l];
+    }
+  }
+  for (; i < n; ++i) {
+    const int b = bucket_of(z[i], max_z);
+    count[b] += 1;
+    mass[b] += exp_nonpositive(z[i] - max_z);
+  }
+}
+
+// Appends to `out` every z in bucket `bucket` with z >= floor_z; returns their mass.
+WAVALIGN_SIMD_CLONES double collect_bucket(const float* z, int64_t n, float max_z, int bucket,
+                                           float floor_z, std::vector<float>* out) {
+  const f8 max_v = simd::splat(max_z);
+  const f8 scale = simd::splat(static_cast<float>(kBucketsPerNat));
+  const f8 tail = simd::splat(static_cast<float>(kBuckets));
+  const simd::i8 wanted = {bucket, bucket, bucket, bucket, bucket, bucket, bucket, bucket};
+  double mass = 0.0;
+  int64_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) {
+    const f8 v = simd::load(z + i);
+    const f8 scaled = (max_v - v) * scale;
+    const simd::i8 hit = __builtin_convertvector(scaled < tail ? scaled : tail, simd::i8) == wanted;
+    bool any = false;
+    for (int l = 0; l < kWidth; ++l) any |= hit[l] != 0;
+    if (!any) continue;
+    for (int l = 0; l < kWidth; ++l) {
+      if (hit[l] && v[l] >= floor_z) {
+        out->push_back(v[l]);
+        mass += exp_nonpositive(v[l] - max_z);
+      }
+    }
+  }
+  for (; i < n; ++i) {
+    if (bucket_of(z[i], max_z) == bucket && z[i] >= floor_z) {
+      out->push_back(z[i]);
+      mass += exp_nonpositive(z[i] - max_z);
+    }
+  }
+  return mass;
+}
+
+struct RowScratch {
+  std::vector<float> z;               // [vocab] processed logits
+  std::vector<int64_t> history;       // sorted copy of the row's history
+  std::vector<int32_t> bucket_count;  // [kBuckets + 1]
+  std::vector<double> bucket_mass;    // [kBuckets + 1]
+  std::vector<float> candidates;      // z values of one boundary bucket
+  std::vector<double> block_sums;     // mass of each kBlock slice of the kept set
+};
+
+thread_local RowScratch t_scratch;
+
+// Sorts, merges and validates a row's ranges. Returns false on a malformed range.
+bool merge_ranges(const int64_t* raw, int64_t n_ranges, int64_t vocab, std::vector<Range>* out) {
+  out->clear();
+  if (raw == nullptr || n_ranges == 0) {
+    out->push_back({0, vocab});
+    return true;
+  }
+  Range tmp[kMaxAllowedRanges];
+  int n = 0;
+  for (int64_t r = 0; r < n_ranges; ++r) {
+    const int64_t lo = raw[2 * r], hi = raw[2 * r + 1];
+    if (lo < 0 || hi > vocab || lo > hi) return false;
+    if (lo < hi) tmp[n++] = {lo, hi};
+  }
+  std::sort(tmp, tmp + n, [](const Range& a, const Range& b) { return a.lo < b.lo; });
+  for (int i = 0; i < n; ++i) {
+    if (!out->empty() && tmp[i].lo <= out->back().hi) {
+      out->back().hi = std::max(out->back().hi, tmp[i].hi);
+    } else {
+      out->push_back(tmp[i]);
+    }
+  }
+  return true;
+}
+
+// Applies repetition / frequency / presence penalties to the ids in `history`.
+bool apply_penalties(float* z, int64_t vocab, const int64_t* history, int64_t len,
+                     float repetition, float presence, float frequency,
+                     std::vector<int64_t>* sorted) {
+  sorted->clear();
+  for (int64_t i = 0; i < len; ++i) {
+    const int64_t id = history[i];
+    if (id == -1) continue;
+    if (id < 0 || id >= vocab) return false;
+    sorted->push_back(id);
+  }
+  if (repetition == 1.0f && presence == 0.0f && frequency == 0.0f) return true;
+  std::sort(sorted->begin(), sorted->end());
+  for (size_t i = 0; i < sorted->size();) {
+    size_t j = i;
+    while (j < sorted->size() && (*sorted)[j] == (*sorted)[i]) ++j;
+    const int64_t id = (*sorted)[i];
+    const float count = static_cast<float>(j - i);
+    float v = z[id];
+    if (repetition != 1.0f) v = v < 0.0f ? v * repetition : v / repetition;
+    v = v - frequency * count;
+    v = v - presence;
+    z[id] = v;
+    i = j;
+  }
+  return true;
+}
+
+// The k-th largest z over the allowed ids (1-based k), using the bucket histogram to
+// narrow the search to one bucket, then nth_element inside it.
+float kth_largest(const float* z, const std::vector<Range>& ranges, float max_z, int64_t k,
+                  RowScratch& s, int* bucket_out) {
+  int64_t above = 0;
+  int b = 0;
+  for (; b <= kBuckets; ++b) {
+    if (above + s.bucket_count[b] >= k) break;
+    above += s.bucket_count[b];
+  }
+  s.candidates.clear();
+  for (const Range& r : ranges) collect_bucket(z + r.lo, r.hi - r.lo, max_z, b, -kInf, &s.candidates);
+  const int64_t rank = k - above - 1;  // 0-based rank inside the bucket, descending
+  std::nth_element(s.candidates.begin(), s.candidates.begin() + rank, s.candidates.end(),
+                   std::greater<float>());
+  *bucket_out = b;
+  return s.candidates[rank];
+}
+
+// Threshold of top-p: walk buckets (mass, descending z) to the one where cumulative
+// mass reaches p * total, then order only that bucket's survivors.
+float top_p_threshold(const float* z, const std::vector<Range>& ranges, float max_z,
+                      double top_p, float floor_z, int floor_bucket, RowScratch& s) {
+  // Mass of survivors of the earlier filter (z >= floor_z): buckets above floor_bucket
+  // are whole; floor_bucket itself is partial.
+  double partial_floor_mass = 0.0;
+  if (floor_bucket <= kBuckets) {
+    s.candidates.clear();
+    for (const Range& r : ranges)
+      partial_floor_mass +=
+          collect_bucket(z + r.lo, r.hi - r.lo, max_z, floor_bucket, floor_z, &s.candidates);
+  }
+  auto mass_of = [&](int b) {
+    if (b < floor_bucket) return s.bucket_mass[b];
+    return b == floor_bucket ? partial_floor_mass : 0.0;
+  };
+  double total = 0.0;
+  for (int b = 0; b <= kBuckets; ++b) total += mass_of(b);
+  const double target = top_p * total;
+  double above = 0.0;
+  int b = 0;
+  for (; b < kBuckets; ++b) {
+    if (above + mass_of(b) >= target) break;
+    above += mass_of(b);
+  }
+  // The floor bucket's survivors are already in s.candidates when b is that bucket.
+  if (b != floor_bucket) {
+    s.candidates.clear();
+    for (const Range& r : ranges) collect_bucket(z + r.lo, r.hi - r.lo, max_z, b, floor_z, &s.candidates);
+  }
+  std::sort(s.candidates.begin(), s.candidates.end(), std::greater<float>());
+  double cumulative = above;
+  for (float c : s.candidates) {
+    cumulative += exp_nonpositive(c - max_z);
+    if (cumulative >= target) return c;
+  }
+  // Rounding left the target unreached: keep the whole bucket.
+  return s.candidates.empty() ? floor_z : s.candidates.back();
+}
+
+struct RowResult {
+  int64_t id = -1;
+  double logprob = 0.0;
+  int32_t status = kSampleOk;
+};
+
+bool params_valid(float t, int64_t k, float p, float min_p, float rep, float pres, float freq) {
+  return std::isfinite(t) && t >= 0.0f && k >= 0 && std::isfinite(p) && p > 0.0f && p <= 1.0f &&
+         std::isfinite(min_p) && min_p >= 0.0f && min_p <= 1.0f && std::isfinite(rep) &&
+         rep > 0.0f && std::isfinite(pres) && std::isfinite(freq);
+}
+
+// Processes row `row` of processed logits already in s.z (penalties applied).
+RowResult sample_processed_row(const SampleTokensArgs& a, int64_t row,
+                               const std::vector<Range>& ranges, RowScratch& s) {
+  RowResult out;
+  float* z = s.z.data();
+  const float temperature = a.temperature[row];
+
+  if (temperature == 0.0f) {  // greedy: lowest id among the maxima
+    float best = -kInf;
+    for (const Range& r : ranges)
+      for (int64_t v = r.lo; v < r.hi; ++v)
+        if (z[v] > best) { best = z[v]; out.id = v; }
+    if (out.id < 0) out.status = kSampleAllowedAllMasked;
+    return out;
+  }
+
+  float max_z = -kInf;
+  int64_t n_allowed = 0;
+  for (const Range& r : ranges) {
+    max_z = std::max(max_z, divide_and_max(z + r.lo, r.hi - r.lo, temperature));
+    n_allowed += r.hi - r.lo;
+  }
+  if (max_z == -kInf) { out.status = kSampleAllowedAllMasked; return out; }
+
+  const int64_t top_k = a.top_k[row];
+  const double top_p = a.top_p[row];
+  const double min_p = a.min_p[row];
+  float tau = -kInf;  // kept set: allowed ids with z >= tau
+
+  if ((top_k > 0 && top_k < n_allowed) || top_p < 1.0) {
+    s.bucket_count.assign(kBuckets + 1, 0);
+    s.bucket_mass.assign(kBuckets + 1, 0.0);
+    for (const Range& r : ranges)
+      add_to_histogram(z + r.lo, r.hi - r.lo, max_z, s.bucket_count.data(), s.bucket_mass.data());
+    int floor_bucket = kBuckets + 1;  // "no earlier filter": every bucket whole
+    float floor_z = -kInf;
+    if (top_k > 0 && top_k < n_allowed) {
+      floor_z = kth_largest(z, ranges, max_z, top_k, s, &floor_bucket);
+      tau = floor_z;
+    }
+    if (top_p < 1.0) tau = std::max(tau, top_p_threshold(z, ranges, max_z, top_p, floor_z,
+                                                         floor_bucket, s));
+  }
+  if (min_p > 0.0) {
+    // Smallest float f with (double)f >= max_z + log(min_p): "exp(z - max) >= min_p".
+    const double bound = static_cast<double>(max_z) + std::log(min_p);
+    float f = static_cast<float>(bound);
+    if (static_cast<double>(f) < bound) f = std::nextafter(f, kInf);
+    tau = std::max(tau, f);
+  }
+
+  // Mass of the kept set, per block, in ascending id order.
+  s.block_sums.clear();
+  double total = 0.0;
+  for (const Range& r : ranges) {
+    for (int64_t start = r.lo; start < r.hi; start += kBlock) {
+      const double block = kept_mass(z + start, std::min(kBlock, r.hi - start), tau, max_z);
+      s.block_sums.push_back(block);
+      total += block;
+    }
+  }
+
+  // Inverse-CDF draw: first id whose cumulative mass exceeds u * total.
+  const double u = philox_uniform(a.seed, static_cast<uint64_t>(a.offsets[row]));
+  const double target = u * total;
+  double cumulative = 0.0;
+  size_t block_index = 0;
+  int64_t last_positive = -1;
+  for (const Range& r : ranges) {
+    for (int64_t start = r.lo; start < r.hi && out.id < 0; start += kBlock, ++block_index) {
+      const double block = s.block_sums[block_index];
+      const int64_t len = std::min(kBlock, r.hi - start);
+      if (cumulative + block <= target) {
+        cumulative += block;
+        if (block > 0.0)
+          for (int64_t i = len - 1; i >= 0; --i)
+            if (z[start + i] >= tau && z[start + i] > -kInf) { last_positive = start + i; break; }
+        continue;
+      }
+      double inner = cumulative;
+      for (int64_t i = 0; i < len; ++i) {
+        const float zi = z[start + i];
+        if (!(zi >= tau) || zi == -kInf) continue;
+        const float e = exp_nonpositive(zi - max_z);
+        if (e <= 0.0f) continue;
+        last_positive = start + i;
+        inner += e;
+        if (inner > target) { out.id = start + i; break; }
+      }
+      // Rounding between block sums and the running sum: take the block's last survivor.
+      if (out.id < 0 && last_positive >= start) out.id = last_positive;
+      cumulative += block;
+    }
+    if (out.id >= 0) break;
+  }
+  if (out.id < 0) out.id = last_positive;
+  if (out.id < 0) { out.status = kSampleAllowedAllMasked; return out; }
+  out.logprob = (static_cast<double>(z[out.id]) - max_z) - std::log(total);
+  return out;
+}
+
+template <typename T>
+void sample_rows(const SampleTokensArgs& a) {
+  const T* logits = static_cast<const T*>(a.logits);
+  parallel_for(a.n_rows, [&](int64_t row, int /*worker*/) {
+    RowScratch& s = t_scratch;
+    if (static_cast<int64_t>(s.z.size()) < a.vocab) s.z.resize(a.vocab);
+    a.out_ids[row] = -1;
+    a.out_logprobs[row] = std::numeric_limits<float>::quiet_NaN();
+    a.out_raw_logprobs[row] = std::numeric_limits<float>::quiet_NaN();
+
+    const float temperature = a.temperature[row];
+    if (!params_valid(temperature, a.top_k[row], a.top_p[row], a.min_p[row],
+                      a.repetition_penalty[row], a.presence_penalty[row],
+                      a.frequency_penalty[row])) {
+      a.out_status[row] = kSampleBadParameter;
+      return;
+    }
+    std::vector<Range> ranges;
+    ranges.reserve(8);
+    if (!merge_ranges(a.allowed_ranges ? a.allowed_ranges + row * a.n_ranges * 2 : nullptr,
+                      a.n_ranges, a.vocab, &ranges)) {
+      a.out_status[row] = kSampleBadRange;
+      return;
+    }
+    if (ranges.empty()) { a.out_status[row] = kSampleEmptyAllowedSet; return; }
+
+    const T* x = logits + row * a.vocab;
+    float* z = s.z.data();
+    bool has_bad = false;
+    const float raw_max = load_row(x, a.vocab, z, &has_bad);
+    if (has_bad) { a.out_status[row] = kSampleNonFiniteLogit; return; }
+    if (raw_max == -kInf) { a.out_status[row] = kSampleNoFiniteLogit; return; }
+    const double raw_lse = raw_max + std::log(sum_exp(z, a.vocab, raw_max));
+
+    if (!apply_penalties(z, a.vocab, a.history ? a.history + row * a.history_len : nullptr,
+                         a.history ? a.history_len : 0, a.repetition_penalty[row],
+                         a.presence_penalty[row], a.frequency_penalty[row], &s.history)) {
+      a.out_status[row] = kSampleHistoryIdOutOfRange;
+      return;
+    }
+    const RowResult result = sample_processed_row(a, row, ranges, s);
+    a.out_status[row] = result.status;
+    if (result.status != kSampleOk) return;
+    a.out_ids[row] = result.id;
+    a.out_logprobs[row] = static_cast<float>(result.logprob);
+    a.out_raw_logprobs[row] =
+        static_cast<float>(static_cast<double>(load_as_float(x, result.id)) - raw_lse);
+  });
+}
+
+}  // namespace
+
+void sample_tokens_cpu(const SampleTokensArgs& args) {
+  switch (args.logits_dtype) {
+    case DType::Float32: sample_rows<float>(args); break;
+    case DType::BFloat16: sample_rows<Bf16>(args); break;
+    case DType::Float16: sample_rows<Fp16>(args); break;
+    default: break;  // the binding admits only the three float types
+  }
+}
+
+}  // namespace wavalign

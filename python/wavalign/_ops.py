@@ -1,0 +1,118 @@
+"""The one module that imports the native extension ``wavalign._core``.
+
+It allocates outputs (C++ never owns tensor memory), picks the backend once from the
+logits' device, and turns the native per-row status codes into Python exceptions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from wavalign import _core
+except ImportError as error:  # pragma: no cover - exercised only on broken installs
+    raise ImportError(
+        "wavalign's native extension wavalign._core is missing or failed to load. "
+        "Install the package with `pip install .` from the repository root "
+        f"(original error: {error})"
+    ) from error
+
+# Native status codes (cpp/include/wavalign/sampling.h, enum SampleStatus).
+_STATUS_MESSAGES = {
+    1: "its logits contain NaN or +inf",
+    2: "every logit is -inf",
+    3: "allowed_ranges cover no token id",
+    4: "every allowed id has logit -inf after penalties, so nothing can be sampled",
+    5: "history holds an id outside [0, V) (use -1 for padding)",
+    6: "allowed_ranges holds a range outside [0, V] or with lo > hi",
+    7: (
+        "a sampling parameter is invalid (need temperature >= 0, top_k >= 0, "
+        "0 < top_p <= 1, 0 <= min_p <= 1, repetition_penalty > 0, all finite)"
+    ),
+}
+
+
+def build_info() -> dict:
+    """Version and build flags of the compiled extension."""
+    return dict(_core.build_info())
+
+
+def cuda_device_count() -> int:
+    """Usable CUDA devices as seen by the extension (0 when built without CUDA)."""
+    return int(_core.cuda_device_count())
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by CPU ops (default: the CPUs this process may run on)."""
+    if int(n) < 1:
+        raise ValueError(f"num_threads must be >= 1, got {n}")
+    _core.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    return int(_core.get_num_threads())
+
+
+def _raise_for_status(status: torch.Tensor, params: dict) -> None:
+    # status: [N] int32 on the logits' device. One small read-back; it syncs on CUDA.
+    bad = torch.nonzero(status.cpu()).flatten()
+    if bad.numel() == 0:
+        return
+    row = int(bad[0])
+    code = int(status[row])
+    detail = _STATUS_MESSAGES.get(code, f"native status {code}")
+    if code == 7:
+        values = ", ".join(f"{name}={tensor[row].item():g}" for name, tensor in params.items())
+        detail += f"; row {row} has {values}"
+    raise ValueError(
+        f"sample_tokens: row {row} cannot be sampled: {detail} "
+        f"({bad.numel()} of {status.numel()} rows failed)"
+    )
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    params: dict[str, torch.Tensor],
+    history: torch.Tensor | None,
+    allowed_ranges: torch.Tensor | None,
+    seed: int,
+    offsets: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Native sampler call; arguments already normalised by :func:`wavalign.ops.sample_tokens`.
+
+    logits: [N, V] float32 | bfloat16 | float16; params: name -> [N] tensor.
+    Returns ids [N] int64, logprobs [N] float32, raw_logprobs [N] float32.
+    """
+    n, vocab = (logits.shape[0], logits.shape[1]) if logits.dim() == 2 else (0, 0)
+    device = logits.device
+    ids = torch.empty(n, dtype=torch.int64, device=device)
+    logprobs = torch.empty(n, dtype=torch.float32, device=device)
+    raw_logprobs = torch.empty(n, dtype=torch.float32, device=device)
+    status = torch.zeros(n, dtype=torch.int32, device=device)
+    workspace = None
+    stream = 0
+    if device.type == "cuda":
+        workspace = torch.empty((n, vocab), dtype=torch.float32, device=device)
+        stream = torch.cuda.current_stream(device).cuda_stream
+    _core.sample_tokens(
+        logits,
+        params["temperature"],
+        params["top_k"],
+        params["top_p"],
+        params["min_p"],
+        params["repetition_penalty"],
+        params["presence_penalty"],
+        params["frequency_penalty"],
+        history,
+        allowed_ranges,
+        seed,
+        offsets,
+        ids,
+        logprobs,
+        raw_logprobs,
+        status,
+        workspace,
+        stream,
+    )
+    _raise_for_status(status, params)
+    return ids, logprobs, raw_logprobs

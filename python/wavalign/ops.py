@@ -1,0 +1,144 @@
+"""Public native ops.
+
+``sample_tokens`` draws the next token for many rows at once under per-row sampling
+parameters and per-row allowed-id ranges (how text vs speech phases are enforced).
+Its exact pure-PyTorch twin is :func:`wavalign.reference.sampling.reference_sample_tokens`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence, Union
+
+import torch
+
+from wavalign import _ops
+
+RowParam = Union[float, int, torch.Tensor]
+
+# name -> (dtype of the per-row tensor, value that switches the step off)
+SAMPLING_PARAMS: dict[str, tuple[torch.dtype, float]] = {
+    "temperature": (torch.float32, 1.0),
+    "top_k": (torch.int64, 0),
+    "top_p": (torch.float32, 1.0),
+    "min_p": (torch.float32, 0.0),
+    "repetition_penalty": (torch.float32, 1.0),
+    "presence_penalty": (torch.float32, 0.0),
+    "frequency_penalty": (torch.float32, 0.0),
+}
+
+_MAX_SEED = 2**64
+
+
+class SampledTokens(NamedTuple):
+    ids: torch.Tensor  # [N] int64
+    logprobs: torch.Tensor  # [N] float32, under the processed distribution (0 for greedy)
+    raw_logprobs: torch.Tensor  # [N] float32, log_softmax(raw logits) at the sampled id
+
+
+def _row_param(value: RowParam, name: str, n: int, device: torch.device) -> torch.Tensor:
+    dtype, _ = SAMPLING_PARAMS[name]
+    if isinstance(value, torch.Tensor):
+        return value  # the binding checks dtype, shape [N], device and contiguity
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number or a [N] {dtype} tensor, got {type(value).__name__}")
+    if dtype == torch.int64 and not float(value).is_integer():
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    return torch.full((n,), value, dtype=dtype, device=device)
+
+
+def normalize_ranges(
+    allowed_ranges: torch.Tensor | Sequence[tuple[int, int]] | None, n: int, device: torch.device
+) -> torch.Tensor | None:
+    """[R, 2] or a list of (lo, hi) is shared by every row; [N, R, 2] is per row."""
+    if allowed_ranges is None:
+        return None
+    if not isinstance(allowed_ranges, torch.Tensor):
+        allowed_ranges = torch.tensor(list(allowed_ranges), dtype=torch.int64, device=device)
+        if allowed_ranges.dim() != 2:
+            raise ValueError("allowed_ranges given as a list must hold (lo, hi) pairs")
+    if allowed_ranges.dim() == 2:
+        return allowed_ranges.unsqueeze(0).expand(n, -1, -1).contiguous()
+    return allowed_ranges
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    *,
+    temperature: RowParam = 1.0,
+    top_k: RowParam = 0,
+    top_p: RowParam = 1.0,
+    min_p: RowParam = 0.0,
+    repetition_penalty: RowParam = 1.0,
+    presence_penalty: RowParam = 0.0,
+    frequency_penalty: RowParam = 0.0,
+    history: torch.Tensor | None = None,
+    allowed_ranges: torch.Tensor | Sequence[tuple[int, int]] | None = None,
+    seed: int = 0,
+    offsets: torch.Tensor | None = None,
+) -> SampledTokens:
+    """Sample one token per row.
+
+    Pipeline per row: penalties over ``history`` -> allowed-id mask -> temperature
+    (0 = greedy) -> top-k -> top-p -> min-p -> draw. See cpp/include/wavalign/sampling.h.
+
+    Args:
+        logits: [N, V] float32, bfloat16 or float16, contiguous.
+        temperature, top_k, top_p, min_p, repetition_penalty, presence_penalty,
+            frequency_penalty: a number for all rows or a [N] tensor (float32; top_k int64).
+            Off values: top_k=0, top_p=1, min_p=0, repetition_penalty=1, penalties 0.
+        history: [N, H] int64 token ids the penalties count; -1 is padding.
+        allowed_ranges: half-open id ranges [lo, hi): [N, R, 2] int64 per row, or [R, 2] /
+            a list of (lo, hi) shared by all rows; lo == hi pads. None allows every id.
+        seed: 0 <= seed < 2**64. Row r draws from Philox(seed, offsets[r]).
+        offsets: [N] int64 counter per row (default: arange(N)). Give each (sample, step)
+            its own offset; the draw then never depends on which rows share the batch.
+
+    Returns:
+        SampledTokens(ids [N] int64, logprobs [N] float32, raw_logprobs [N] float32).
+
+    Raises:
+        TypeError / ValueError naming the argument for a wrong dtype, shape, device or
+        layout; ValueError naming the first bad row for NaN/+inf logits, an empty allowed
+        set, an allowed set with no finite logit, out-of-range ids or invalid parameters.
+    """
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dim() != 2:
+        raise ValueError(f"logits must have shape [N, V], got {list(logits.shape)}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < _MAX_SEED:
+        raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+    n = logits.shape[0]
+    device = logits.device
+    values = {
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "min_p": min_p,
+        "repetition_penalty": repetition_penalty,
+        "presence_penalty": presence_penalty,
+        "frequency_penalty": frequency_penalty,
+    }
+    params = {name: _row_param(value, name, n, device) for name, value in values.items()}
+    if offsets is None:
+        offsets = torch.arange(n, dtype=torch.int64, device=device)
+    ranges = normalize_ranges(allowed_ranges, n, device)
+    ids, logprobs, raw_logprobs = _ops.sample_tokens(
+        logits.detach(), params, history, ranges, seed, offsets
+    )
+    return SampledTokens(ids, logprobs, raw_logprobs)
+
+
+build_info = _ops.build_info
+cuda_device_count = _ops.cuda_device_count
+set_num_threads = _ops.set_num_threads
+get_num_threads = _ops.get_num_threads
+
+__all__ = [
+    "SampledTokens",
+    "sample_tokens",
+    "build_info",
+    "cuda_device_count",
+    "set_num_threads",
+    "get_num_threads",
+    "SAMPLING_PARAMS",
+]

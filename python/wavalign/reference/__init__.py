@@ -1,0 +1,6 @@
+"""Pure-PyTorch twins of every native op: the tests' oracle, never a runtime fallback."""
+
+from wavalign.reference.philox import philox_uniform
+from wavalign.reference.sampling import processed_distribution, reference_sample_tokens
+
+__all__ = ["philox_uniform", "processed_distribution", "reference_sample_tokens"]
