@@ -81,10 +81,11 @@ TensorArg tensor_arg(const py::handle& obj, const char* name) {
   arg.device_type = t.device.device_type;
   arg.device_id = t.device.device_id;
   arg.shape.assign(t.shape, t.shape + t.ndim);
-  if (!map_dtype(t.dtype, &arg.dtype)) {
-    throw py::type_error(std::string(name) + " has unsupported dtype " + describe_dtype(t.dtype));
-  }
-  if (t.strides != nullptr) {
+  // An unsupported element type is reported by require_dtype, which knows what was wanted.
+  arg.dtype_known = map_dtype(t.dtype, &arg.dtype);
+  arg.dtype_text = arg.dtype_known ? dtype_name(arg.dtype) : describe_dtype(t.dtype);
+  // An empty tensor is trivially contiguous whatever strides its producer reports.
+  if (t.strides != nullptr && arg.numel() > 0) {
     int64_t expected = 1;
     for (int d = t.ndim - 1; d >= 0; --d) {
       if (t.shape[d] != 1 && t.strides[d] != expected) {
@@ -101,12 +102,12 @@ TensorArg tensor_arg(const py::handle& obj, const char* name) {
 
 void require_dtype(const TensorArg& arg, std::initializer_list<DType> allowed) {
   for (DType d : allowed)
-    if (arg.dtype == d) return;
+    if (arg.dtype_known && arg.dtype == d) return;
   std::ostringstream os;
   os << arg.name << " must have dtype ";
   size_t i = 0;
   for (DType d : allowed) os << (i++ ? " or " : "") << dtype_name(d);
-  os << ", got " << dtype_name(arg.dtype);
+  os << ", got " << arg.dtype_text;
   throw py::type_error(os.str());
 }
 

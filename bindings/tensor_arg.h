@@ -21,6 +21,8 @@ struct TensorArg {
   pybind11::object capsule;  // keeps the export alive
   void* data = nullptr;
   DType dtype = DType::Float32;
+  bool dtype_known = false;  // false: an element type wavalign has no DType for
+  std::string dtype_text;    // e.g. "float64", for error messages
   std::vector<int64_t> shape;
   int32_t device_type = dlpack::kCPU;
   int32_t device_id = 0;

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Sequence, Union
 
+import numpy as np
 import torch
 
 from wavalign import _ops
@@ -82,7 +83,7 @@ def sample_tokens(
     (0 = greedy) -> top-k -> top-p -> min-p -> draw. See cpp/include/wavalign/sampling.h.
 
     Args:
-        logits: [N, V] float32, bfloat16 or float16, contiguous.
+        logits: [N, V] float32, bfloat16 or float16, contiguous (torch or numpy).
         temperature, top_k, top_p, min_p, repetition_penalty, presence_penalty,
             frequency_penalty: a number for all rows or a [N] tensor (float32; top_k int64).
             Off values: top_k=0, top_p=1, min_p=0, repetition_penalty=1, penalties 0.
@@ -101,8 +102,10 @@ def sample_tokens(
         layout; ValueError naming the first bad row for NaN/+inf logits, an empty allowed
         set, an allowed set with no finite logit, out-of-range ids or invalid parameters.
     """
+    if isinstance(logits, np.ndarray):
+        logits = torch.from_numpy(logits)  # zero-copy; results come back as torch tensors
     if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+        raise TypeError(f"logits must be a torch.Tensor or numpy array, got {type(logits).__name__}")
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape [N, V], got {list(logits.shape)}")
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < _MAX_SEED:

@@ -54,51 +54,72 @@ inline float load_as_float(const float* p, int64_t i) { return p[i]; }
 inline float load_as_float(const Bf16* p, int64_t i) { return bf16_to_float(p[i].bits); }
 inline float load_as_float(const Fp16* p, int64_t i) { return fp16_to_float(p[i].bits); }
 
-// Copies a row into `dst` as float32; returns its max and whether it holds NaN or +inf.
-// The vector body handles float32 and bfloat16; float16 converts one element at a time.
+// Eight elements as floats: one vector load for float32 / bfloat16, lane by lane for float16.
+inline f8 load8(const float* p) { return simd::load(p); }
+inline f8 load8(const Bf16* p) { return simd::load_bf16(&p->bits); }
+inline f8 load8(const Fp16* p) {
+  f8 v;
+  for (int l = 0; l < kWidth; ++l) v[l] = fp16_to_float(p[l].bits);
+  return v;
+}
+
+struct RawStats {
+  float max = -kInf;
+  double sum_exp = 0.0;  // sum_i exp(x_i - max)
+  bool has_bad = false;  // NaN or +inf seen
+};
+
+// Raw log-softmax statistics in ONE read of the row (the pass that touches memory):
+// each kBlock slice is converted into an L1-resident buffer, its max taken, then its
+// exp-sum; slices are merged with the usual running-max rescale (online softmax).
 template <typename T>
-WAVALIGN_SIMD_CLONES float load_row(const T* src, int64_t n, float* dst, bool* has_bad) {
-  f8 best_v = simd::splat(-kInf);
-  simd::i8 bad_v = {};
-  int64_t i = 0;
-  if constexpr (!std::is_same_v<T, Fp16>) {
-    for (; i + kWidth <= n; i += kWidth) {
-      f8 v;
-      if constexpr (std::is_same_v<T, float>) v = simd::load(src + i);
-      else v = simd::load_bf16(&src[i].bits);
-      simd::store(dst + i, v);
+WAVALIGN_SIMD_CLONES RawStats raw_row_stats(const T* src, int64_t n, float* slice) {
+  RawStats stats;
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t len = std::min(kBlock, n - start);
+    const T* block = src + start;
+    f8 best_v = simd::splat(-kInf);
+    simd::i8 bad_v = {};
+    int64_t i = 0;
+    for (; i + kWidth <= len; i += kWidth) {
+      const f8 v = load8(block + i);
+      simd::store(slice + i, v);
       bad_v |= (v != v) | (v == simd::splat(kInf));
       best_v = simd::vmax(v, best_v);
     }
+    float block_max = simd::hmax(best_v);
+    for (int l = 0; l < kWidth; ++l) stats.has_bad |= bad_v[l] != 0;
+    for (; i < len; ++i) {
+      const float v = load_as_float(block, i);
+      slice[i] = v;
+      stats.has_bad |= (v != v) || (v == kInf);
+      block_max = v > block_max ? v : block_max;
+    }
+    if (stats.has_bad) return stats;
+    if (block_max == -kInf) continue;  // contributes nothing
+    const f8 shift = simd::splat(block_max);
+    f8 acc = {};
+    i = 0;
+    for (; i + kWidth <= len; i += kWidth) acc += exp_nonpositive(simd::load(slice + i) - shift);
+    float tail = 0.0f;
+    for (; i < len; ++i) tail += exp_nonpositive(slice[i] - block_max);
+    const double block_sum = simd::hsum(acc) + tail;
+    if (block_max > stats.max) {
+      stats.sum_exp = stats.sum_exp * std::exp(static_cast<double>(stats.max) - block_max) + block_sum;
+      stats.max = block_max;
+    } else {
+      stats.sum_exp += block_sum * std::exp(static_cast<double>(block_max) - stats.max);
+    }
   }
-  float best = simd::hmax(best_v);
-  bool bad = false;
-  for (int l = 0; l < kWidth; ++l) bad |= bad_v[l] != 0;
-  for (; i < n; ++i) {
-    const float v = load_as_float(src, i);
-    dst[i] = v;
-    bad |= (v != v) || (v == kInf);
-    best = v > best ? v : best;
-  }
-  *has_bad = bad;
-  return best;
+  return stats;
 }
 
-// sum_i exp(z[i] - shift): float vector lanes, flushed into a double every kBlock.
-WAVALIGN_SIMD_CLONES double sum_exp(const float* z, int64_t n, float shift) {
-  double total = 0.0;
-  const f8 shift_v = simd::splat(shift);
-  for (int64_t start = 0; start < n; start += kBlock) {
-    const int64_t len = std::min(kBlock, n - start);
-    const float* zb = z + start;
-    f8 acc = {};
-    int64_t i = 0;
-    for (; i + kWidth <= len; i += kWidth) acc += exp_nonpositive(simd::load(zb + i) - shift_v);
-    float tail = 0.0f;
-    for (; i < len; ++i) tail += exp_nonpositive(zb[i] - shift);
-    total += simd::hsum(acc) + tail;
-  }
-  return total;
+// dst[i] = float(src[i]).
+template <typename T>
+WAVALIGN_SIMD_CLONES void copy_as_float(const T* src, int64_t n, float* dst) {
+  int64_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) simd::store(dst + i, load8(src + i));
+  for (; i < n; ++i) dst[i] = load_as_float(src, i);
 }
 
 // z[i] /= temperature in place, returns the max. Division (not multiplication by 1/t)
@@ -204,6 +225,7 @@ struct RowScratch {
   std::vector<double> bucket_mass;    // [kBuckets + 1]
   std::vector<float> candidates;      // z values of one boundary bucket
   std::vector<double> block_sums;     // mass of each kBlock slice of the kept set
+  float slice[kBlock];                // one converted slice of the raw row
 };
 
 thread_local RowScratch t_scratch;
@@ -234,9 +256,10 @@ bool merge_ranges(const int64_t* raw, int64_t n_ranges, int64_t vocab, std::vect
 }
 
 // Applies repetition / frequency / presence penalties to the ids in `history`.
-bool apply_penalties(float* z, int64_t vocab, const int64_t* history, int64_t len,
-                     float repetition, float presence, float frequency,
-                     std::vector<int64_t>* sorted) {
+// z holds valid values only inside `ranges`; ids outside are masked, so they are skipped.
+bool apply_penalties(float* z, int64_t vocab, const std::vector<Range>& ranges,
+                     const int64_t* history, int64_t len, float repetition, float presence,
+                     float frequency, std::vector<int64_t>* sorted) {
   sorted->clear();
   for (int64_t i = 0; i < len; ++i) {
     const int64_t id = history[i];
@@ -251,12 +274,15 @@ bool apply_penalties(float* z, int64_t vocab, const int64_t* history, int64_t le
     while (j < sorted->size() && (*sorted)[j] == (*sorted)[i]) ++j;
     const int64_t id = (*sorted)[i];
     const float count = static_cast<float>(j - i);
+    i = j;
+    bool allowed = false;
+    for (const Range& r : ranges) allowed |= (id >= r.lo && id < r.hi);
+    if (!allowed) continue;
     float v = z[id];
     if (repetition != 1.0f) v = v < 0.0f ? v * repetition : v / repetition;
     v = v - frequency * count;
     v = v - presence;
     z[id] = v;
-    i = j;
   }
   return true;
 }
@@ -460,15 +486,17 @@ void sample_rows(const SampleTokensArgs& a) {
     }
     if (ranges.empty()) { a.out_status[row] = kSampleEmptyAllowedSet; return; }
 
+    // Raw statistics read the caller's row directly; only allowed ids are copied out.
     const T* x = logits + row * a.vocab;
     float* z = s.z.data();
-    bool has_bad = false;
-    const float raw_max = load_row(x, a.vocab, z, &has_bad);
-    if (has_bad) { a.out_status[row] = kSampleNonFiniteLogit; return; }
-    if (raw_max == -kInf) { a.out_status[row] = kSampleNoFiniteLogit; return; }
-    const double raw_lse = raw_max + std::log(sum_exp(z, a.vocab, raw_max));
+    const RawStats raw = raw_row_stats(x, a.vocab, s.slice);
+    if (raw.has_bad) { a.out_status[row] = kSampleNonFiniteLogit; return; }
+    if (raw.max == -kInf) { a.out_status[row] = kSampleNoFiniteLogit; return; }
+    const double raw_lse = raw.max + std::log(raw.sum_exp);
+    for (const Range& r : ranges) copy_as_float(x + r.lo, r.hi - r.lo, z + r.lo);
 
-    if (!apply_penalties(z, a.vocab, a.history ? a.history + row * a.history_len : nullptr,
+    if (!apply_penalties(z, a.vocab, ranges,
+                         a.history ? a.history + row * a.history_len : nullptr,
                          a.history ? a.history_len : 0, a.repetition_penalty[row],
                          a.presence_penalty[row], a.frequency_penalty[row], &s.history)) {
       a.out_status[row] = kSampleHistoryIdOutOfRange;

@@ -1,0 +1,162 @@
+// wavalign_bench_sampling: the native CPU sampler in isolation (no Python), reported as
+// ns per row and effective GB/s of logits consumed, next to two floors measured in the
+// same run on the same buffer: a plain read (sum of all logits) and memcpy.
+//
+// Build:  cmake -S . -B build/bench -DWAVALIGN_BUILD_BENCH=ON -DWAVALIGN_BUILD_PYTHON=OFF
+//         cmake --build build/bench -j2 && ./build/bench/wavalign_bench_sampling [--quick]
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "wavalign/sampling.h"
+#include "wavalign/thread_pool.h"
+
+using Clock = std::chrono::steady_clock;
+using namespace wavalign;
+
+namespace {
+
+template <typename Fn>
+double seconds_per_call(Fn&& fn, double min_seconds) {
+  fn();  // warm-up
+  int calls = 0;
+  const auto start = Clock::now();
+  double elapsed = 0.0;
+  do {
+    fn();
+    ++calls;
+    elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  } while (elapsed < min_seconds || calls < 3);
+  return elapsed / calls;
+}
+
+struct Config {
+  int64_t rows, vocab;
+  const char* mode;
+  bool masked;
+};
+
+double run_config(const Config& c, const std::vector<float>& logits, double min_seconds) {
+  const int64_t n = c.rows;
+  std::vector<float> temperature(n, 0.7f), top_p(n, 1.0f), min_p(n, 0.0f), rep(n, 1.0f),
+      presence(n, 0.0f), frequency(n, 0.0f);
+  std::vector<int64_t> top_k(n, 0), offsets(n), ranges(2 * n), ids(n);
+  std::vector<float> logprobs(n), raw_logprobs(n);
+  std::vector<int32_t> status(n);
+  for (int64_t r = 0; r < n; ++r) {
+    offsets[r] = r;
+    ranges[2 * r] = c.vocab * 9 / 10;  // speech: the last ~10% of the vocabulary
+    ranges[2 * r + 1] = c.vocab;
+  }
+  const std::string mode = c.mode;
+  if (mode == "top_p0.9") std::fill(top_p.begin(), top_p.end(), 0.9f);
+  if (mode == "top_k50") std::fill(top_k.begin(), top_k.end(), 50);
+  if (mode == "min_p0.05") std::fill(min_p.begin(), min_p.end(), 0.05f);
+
+  SampleTokensArgs a;
+  a.logits = logits.data();
+  a.logits_dtype = DType::Float32;
+  a.n_rows = n;
+  a.vocab = c.vocab;
+  a.temperature = temperature.data();
+  a.top_k = top_k.data();
+  a.top_p = top_p.data();
+  a.min_p = min_p.data();
+  a.repetition_penalty = rep.data();
+  a.presence_penalty = presence.data();
+  a.frequency_penalty = frequency.data();
+  a.allowed_ranges = c.masked ? ranges.data() : nullptr;
+  a.n_ranges = c.masked ? 1 : 0;
+  a.seed = 1;
+  a.offsets = offsets.data();
+  a.out_ids = ids.data();
+  a.out_logprobs = logprobs.data();
+  a.out_raw_logprobs = raw_logprobs.data();
+  a.out_status = status.data();
+  const double seconds = seconds_per_call([&] { sample_tokens_cpu(a); }, min_seconds);
+  for (int64_t r = 0; r < n; ++r) {
+    if (status[r] != kSampleOk) {
+      std::fprintf(stderr, "row %lld failed with status %d\n", (long long)r, status[r]);
+      std::exit(1);
+    }
+  }
+  return seconds;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+    else if (std::strcmp(argv[i], "--help") == 0) {
+      std::printf("usage: wavalign_bench_sampling [--quick]\n");
+      return 0;
+    }
+  }
+  const double min_seconds = quick ? 0.3 : 1.0;
+  std::vector<Config> configs;
+  if (quick) {
+    configs = {{64, 168072, "top_p0.9", true}, {64, 168072, "plain", false}};
+  } else {
+    for (int64_t vocab : {32000, 168072})
+      for (int64_t rows : {8, 64, 256})
+        for (const char* mode : {"plain", "top_p0.9", "top_k50", "min_p0.05"})
+          for (bool masked : {false, true}) configs.push_back({rows, vocab, mode, masked});
+  }
+  std::printf("# threads=%d\n", get_num_threads());
+  std::printf("%5s %7s %10s %5s | %10s %9s | %12s %12s | %10s\n", "N", "V", "mode", "mask",
+              "ns/row", "GB/s", "read GB/s", "memcpy GB/s", "vs read");
+  double headline_ratio = 0.0, headline_ns = 0.0, headline_gbps = 0.0, headline_read = 0.0,
+         headline_memcpy = 0.0;
+  for (const Config& c : configs) {
+    const int64_t elements = c.rows * c.vocab;
+    std::vector<float> logits(elements), copy(elements);
+    std::mt19937 rng(static_cast<uint32_t>(c.rows + c.vocab));
+    std::normal_distribution<float> normal(0.0f, 3.0f);
+    for (float& v : logits) v = normal(rng);
+    const double bytes = static_cast<double>(elements) * sizeof(float);
+
+    const double sample_s = run_config(c, logits, min_seconds);
+    // Floor 1: read every logit once, on the same threads the sampler uses.
+    std::vector<double> partial(c.rows);
+    volatile double sink = 0.0;
+    const double read_s = seconds_per_call([&] {
+      parallel_for(c.rows, [&](int64_t r, int) {
+        const float* row = logits.data() + r * c.vocab;
+        float acc[8] = {};
+        for (int64_t i = 0; i + 8 <= c.vocab; i += 8)
+          for (int l = 0; l < 8; ++l) acc[l] += row[i + l];
+        partial[r] = acc[0] + acc[1] + acc[2] + acc[3] + acc[4] + acc[5] + acc[6] + acc[7];
+      });
+      sink = sink + partial[0];
+    }, min_seconds);
+    // Floor 2: memcpy of the whole buffer (reads and writes it once).
+    const double memcpy_s = seconds_per_call([&] {
+      std::memcpy(copy.data(), logits.data(), static_cast<size_t>(bytes));
+    }, min_seconds);
+
+    const double ns_per_row = sample_s / c.rows * 1e9;
+    const double gbps = bytes / sample_s / 1e9;
+    const double read_gbps = bytes / read_s / 1e9;
+    const double memcpy_gbps = bytes / memcpy_s / 1e9;  // bytes copied per second
+    std::printf("%5lld %7lld %10s %5s | %10.0f %9.2f | %12.2f %12.2f | %9.1fx\n",
+                (long long)c.rows, (long long)c.vocab, c.mode, c.masked ? "yes" : "no", ns_per_row,
+                gbps, read_gbps, memcpy_gbps, sample_s / read_s);
+    if (c.rows == 64 && c.vocab == 168072 && std::string(c.mode) == "top_p0.9" && c.masked) {
+      headline_ratio = sample_s / read_s;
+      headline_ns = ns_per_row;
+      headline_gbps = gbps;
+      headline_read = read_gbps;
+      headline_memcpy = memcpy_gbps;
+    }
+  }
+  std::printf("RESULT ns_per_row=%.0f GBps=%.2f read_GBps=%.2f memcpy_GBps=%.2f ratio=%.2f "
+              "(ratio = sampler time / logits-read floor at N=64 V=168072 top-p 0.9 + mask)\n",
+              headline_ns, headline_gbps, headline_read, headline_memcpy, headline_ratio);
+  return 0;
+}

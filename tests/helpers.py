@@ -1,0 +1,37 @@
+"""Shared test utilities: deterministic logits and a goodness-of-fit check."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def make_logits(n: int, vocab: int, seed: int, scale: float = 2.0, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, vocab, generator=generator) * scale).to(dtype)
+
+
+def empirical_frequencies(ids: torch.Tensor, vocab: int) -> torch.Tensor:
+    return torch.bincount(ids, minlength=vocab).double() / ids.numel()
+
+
+def assert_matches_distribution(ids: torch.Tensor, probs: torch.Tensor) -> None:
+    """ids: [M] draws; probs: [V] exact distribution (float64).
+
+    Zero-probability ids must never be drawn; on the support a chi-square statistic must
+    stay under a bound that a correct sampler exceeds with probability far below 1e-6
+    (mean df, spread sqrt(2 df)); total variation must be small.
+    """
+    vocab = probs.numel()
+    counts = torch.bincount(ids, minlength=vocab).double()
+    draws = ids.numel()
+    assert counts[probs == 0].sum() == 0, "drew an id whose probability is zero"
+    support = probs > 0
+    expected = probs[support] * draws
+    chi2 = float(((counts[support] - expected) ** 2 / expected).sum())
+    dof = max(int(support.sum()) - 1, 1)
+    bound = dof + 7.0 * math.sqrt(2.0 * dof) + 10.0
+    assert chi2 < bound, f"chi-square {chi2:.1f} exceeds {bound:.1f} (dof {dof})"
+    tv = 0.5 * float((counts / draws - probs).abs().sum())
+    assert tv < 0.03, f"total variation {tv:.4f} too large"
