@@ -1,0 +1,44 @@
+"""The benchmark entry points keep working (they are run, not timed, here)."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_python_sampling_benchmark_quick_prints_result():
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_sampling.py"), "--quick", "--min-time", "0.05"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert re.match(r"RESULT ratio=\d+(\.\d+)? native_ms=", last), last
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not installed")
+def test_cpp_benchmark_builds_and_runs(tmp_path):
+    build = tmp_path / "build"
+    configure = [
+        "cmake", "-S", str(ROOT), "-B", str(build), "-DWAVALIGN_BUILD_BENCH=ON",
+        "-DWAVALIGN_BUILD_PYTHON=OFF", "-DWAVALIGN_CUDA=OFF", "-DCMAKE_BUILD_TYPE=Release",
+    ]
+    subprocess.run(configure, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        ["cmake", "--build", str(build), "--target", "wavalign_bench_sampling", "-j2"],
+        check=True, capture_output=True, timeout=600,
+    )
+    binary = build / "wavalign_bench_sampling"
+    assert subprocess.run([str(binary), "--help"], capture_output=True, timeout=30).returncode == 0
+    proc = subprocess.run([str(binary), "--quick"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert re.match(r"RESULT ns_per_row=\d+ GBps=", proc.stdout.strip().splitlines()[-1])
