@@ -237,6 +237,7 @@ bool merge_ranges(const int64_t* raw, int64_t n_ranges, int64_t vocab, std::vect
     out->push_back({0, vocab});
     return true;
   }
+  if (n_ranges > kMaxAllowedRanges) return false;  // the binding rejects this; never overflow
   Range tmp[kMaxAllowedRanges];
   int n = 0;
   for (int64_t r = 0; r < n_ranges; ++r) {
