@@ -144,7 +144,9 @@ def test_large_vocabulary_and_many_rows():
     vocab = 168_072  # VITA-Audio's vocabulary
     logits = make_logits(4, vocab, seed=11, scale=3.0)
     speech = [(151_000, vocab)]
-    for kwargs in (dict(top_p=0.9), dict(top_k=50), dict(min_p=0.05, allowed_ranges=speech),
+    # top_k=50 takes the small-candidate path; top_k=20000 the histogram path.
+    for kwargs in (dict(top_p=0.9), dict(top_k=50), dict(top_k=20_000, top_p=0.95),
+                   dict(top_k=50, top_p=0.8, temperature=0.5), dict(min_p=0.05, allowed_ranges=speech),
                    dict(temperature=0.7, top_p=0.9, allowed_ranges=speech)):
         native = ops.sample_tokens(logits, seed=4, **kwargs)
         ref = reference_sample_tokens(logits, seed=4, **kwargs)

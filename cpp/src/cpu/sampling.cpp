@@ -348,6 +348,80 @@ float top_p_threshold(const float* z, const std::vector<Range>& ranges, float ma
   return s.candidates.empty() ? floor_z : s.candidates.back();
 }
 
+// Cut-offs probed by the top-k fast path, in nats below the max (after temperature).
+constexpr int kProbes = 8;
+constexpr float kProbeGaps[kProbes] = {0.25f, 0.5f, 1.0f, 2.0f, 4.0f, 8.0f, 16.0f, 32.0f};
+// Above this many candidates the histogram path is cheaper than ordering them.
+constexpr int64_t kMaxTopKCandidates = 8192;
+
+// counts[j] += #{z >= max_z - kProbeGaps[j]} over one slice, fully vectorized.
+WAVALIGN_SIMD_CLONES void count_above_probes(const float* z, int64_t n, float max_z,
+                                             int64_t* counts) {
+  f8 cut[kProbes];
+  for (int j = 0; j < kProbes; ++j) cut[j] = simd::splat(max_z - kProbeGaps[j]);
+  simd::i8 acc[kProbes] = {};
+  int64_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) {
+    const f8 v = simd::load(z + i);
+    for (int j = 0; j < kProbes; ++j) acc[j] -= (v >= cut[j]);  // true lanes are -1
+  }
+  for (int j = 0; j < kProbes; ++j) {
+    for (int l = 0; l < kWidth; ++l) counts[j] += acc[j][l];
+    for (int64_t t = i; t < n; ++t) counts[j] += z[t] >= max_z - kProbeGaps[j];
+  }
+}
+
+// Appends every z >= cut of one slice to `out`.
+WAVALIGN_SIMD_CLONES void collect_at_least(const float* z, int64_t n, float cut,
+                                           std::vector<float>* out) {
+  const f8 cut_v = simd::splat(cut);
+  int64_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) {
+    const f8 v = simd::load(z + i);
+    const simd::i8 hit = v >= cut_v;
+    bool any = false;
+    for (int l = 0; l < kWidth; ++l) any |= hit[l] != 0;
+    if (!any) continue;
+    for (int l = 0; l < kWidth; ++l)
+      if (hit[l]) out->push_back(v[l]);
+  }
+  for (; i < n; ++i)
+    if (z[i] >= cut) out->push_back(z[i]);
+}
+
+// Top-k threshold when a probe cut-off holds between k and kMaxTopKCandidates ids:
+// leaves those candidates in s.candidates sorted descending and returns the k-th
+// largest z. Returns false (nothing decided) when no probe fits.
+bool top_k_small_candidates(const float* z, const std::vector<Range>& ranges, float max_z,
+                            int64_t k, RowScratch& s, float* kth) {
+  int64_t counts[kProbes] = {};
+  for (const Range& r : ranges) count_above_probes(z + r.lo, r.hi - r.lo, max_z, counts);
+  int probe = 0;
+  while (probe < kProbes && counts[probe] < k) ++probe;
+  if (probe == kProbes || counts[probe] > kMaxTopKCandidates) return false;
+  s.candidates.clear();
+  const float cut = max_z - kProbeGaps[probe];
+  for (const Range& r : ranges) collect_at_least(z + r.lo, r.hi - r.lo, cut, &s.candidates);
+  std::sort(s.candidates.begin(), s.candidates.end(), std::greater<float>());
+  *kth = s.candidates[k - 1];
+  return true;
+}
+
+// Top-p over the top-k survivors held (sorted descending) in s.candidates.
+float top_p_over_candidates(float max_z, float kth, double top_p, RowScratch& s) {
+  double total = 0.0;
+  size_t kept = 0;
+  for (; kept < s.candidates.size() && s.candidates[kept] >= kth; ++kept)
+    total += exp_nonpositive(s.candidates[kept] - max_z);
+  const double target = top_p * total;
+  double cumulative = 0.0;
+  for (size_t i = 0; i < kept; ++i) {
+    cumulative += exp_nonpositive(s.candidates[i] - max_z);
+    if (cumulative >= target) return s.candidates[i];
+  }
+  return kth;  // rounding left the target unreached: keep every survivor
+}
+
 struct RowResult {
   int64_t id = -1;
   double logprob = 0.0;
@@ -389,14 +463,26 @@ RowResult sample_processed_row(const SampleTokensArgs& a, int64_t row,
   const double min_p = a.min_p[row];
   float tau = -kInf;  // kept set: allowed ids with z >= tau
 
-  if ((top_k > 0 && top_k < n_allowed) || top_p < 1.0) {
+  const bool top_k_on = top_k > 0 && top_k < n_allowed;
+  bool thresholds_done = !top_k_on && top_p >= 1.0;
+  if (top_k_on) {
+    // Fast path for the usual small k: a few vectorized counts find a cut-off holding
+    // at least k ids; only those candidates are ordered.
+    float kth = 0.0f;
+    if (top_k_small_candidates(z, ranges, max_z, top_k, s, &kth)) {
+      tau = kth;
+      if (top_p < 1.0) tau = std::max(tau, top_p_over_candidates(max_z, kth, top_p, s));
+      thresholds_done = true;
+    }
+  }
+  if (!thresholds_done) {
     s.bucket_count.assign(kBuckets + 1, 0);
     s.bucket_mass.assign(kBuckets + 1, 0.0);
     for (const Range& r : ranges)
       add_to_histogram(z + r.lo, r.hi - r.lo, max_z, s.bucket_count.data(), s.bucket_mass.data());
     int floor_bucket = kBuckets + 1;  // "no earlier filter": every bucket whole
     float floor_z = -kInf;
-    if (top_k > 0 && top_k < n_allowed) {
+    if (top_k_on) {
       floor_z = kth_largest(z, ranges, max_z, top_k, s, &floor_bucket);
       tau = floor_z;
     }
