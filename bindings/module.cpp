@@ -6,6 +6,7 @@
 #include <string>
 
 #include "tensor_arg.h"
+#include "wavalign/group_stats.h"
 #include "wavalign/sampling.h"
 
 namespace py = pybind11;
@@ -24,15 +25,27 @@ std::string dims(std::initializer_list<int64_t> shape) {
   return out + "]";
 }
 
+#if defined(WAVALIGN_WITH_CUDA)
+void raise_if_cuda_error(const char* op, const char* error);
+#endif
+[[noreturn]] void raise_no_cuda(const TensorArg& arg);
+
+// Imports `obj` and checks its dtype, exact shape and device (same as `ref`).
+template <typename T>
+T* checked(const py::handle& obj, const char* name, DType dtype,
+           std::initializer_list<int64_t> shape, const TensorArg& ref) {
+  TensorArg arg = tensor_arg(obj, name);
+  require_dtype(arg, {dtype});
+  require_shape(arg, shape, dims(shape).c_str());
+  require_same_device(arg, ref);
+  return static_cast<T*>(arg.data);  // the caller's object keeps the memory alive
+}
+
 // Checks a per-row parameter tensor: dtype, shape [N], same device as logits.
 template <typename T>
 const T* row_param(const py::handle& obj, const char* name, DType dtype, const TensorArg& logits,
                    int64_t n_rows) {
-  TensorArg arg = tensor_arg(obj, name);
-  require_dtype(arg, {dtype});
-  require_shape(arg, {n_rows}, dims({n_rows}).c_str());
-  require_same_device(arg, logits);
-  return static_cast<const T*>(arg.data);  // capsule owner (obj) outlives the call
+  return checked<const T>(obj, name, dtype, {n_rows}, logits);
 }
 
 void sample_tokens(py::handle logits_obj, py::handle temperature, py::handle top_k,
@@ -88,53 +101,129 @@ void sample_tokens(py::handle logits_obj, py::handle temperature, py::handle top
     a.n_ranges = r.shape[1];
   }
 
-  const TensorArg ids = tensor_arg(out_ids, "out_ids");
-  require_dtype(ids, {DType::Int64});
-  require_shape(ids, {n}, dims({n}).c_str());
-  require_same_device(ids, logits);
-  const TensorArg lp = tensor_arg(out_logprobs, "out_logprobs");
-  require_dtype(lp, {DType::Float32});
-  require_shape(lp, {n}, dims({n}).c_str());
-  require_same_device(lp, logits);
-  const TensorArg raw = tensor_arg(out_raw_logprobs, "out_raw_logprobs");
-  require_dtype(raw, {DType::Float32});
-  require_shape(raw, {n}, dims({n}).c_str());
-  require_same_device(raw, logits);
-  const TensorArg status = tensor_arg(out_status, "out_status");
-  require_dtype(status, {DType::Int32});
-  require_shape(status, {n}, dims({n}).c_str());
-  require_same_device(status, logits);
-  a.out_ids = static_cast<int64_t*>(ids.data);
-  a.out_logprobs = static_cast<float*>(lp.data);
-  a.out_raw_logprobs = static_cast<float*>(raw.data);
-  a.out_status = static_cast<int32_t*>(status.data);
+  a.out_ids = checked<int64_t>(out_ids, "out_ids", DType::Int64, {n}, logits);
+  a.out_logprobs = checked<float>(out_logprobs, "out_logprobs", DType::Float32, {n}, logits);
+  a.out_raw_logprobs =
+      checked<float>(out_raw_logprobs, "out_raw_logprobs", DType::Float32, {n}, logits);
+  a.out_status = checked<int32_t>(out_status, "out_status", DType::Int32, {n}, logits);
   if (n == 0) return;
 
   if (logits.is_cuda()) {
 #if defined(WAVALIGN_WITH_CUDA)
-    const TensorArg ws = tensor_arg(workspace, "workspace");
-    require_dtype(ws, {DType::Float32});
-    require_shape(ws, {n, vocab}, dims({n, vocab}).c_str());
-    require_same_device(ws, logits);
-    a.workspace = static_cast<float*>(ws.data);
+    a.workspace = checked<float>(workspace, "workspace", DType::Float32, {n, vocab}, logits);
     a.cuda_stream = reinterpret_cast<void*>(cuda_stream);
     const char* error = nullptr;
     {
       py::gil_scoped_release release;
       error = sample_tokens_cuda(a);
     }
-    if (error != nullptr) throw std::runtime_error(std::string("CUDA sampler failed: ") + error);
+    raise_if_cuda_error("sample_tokens", error);
 #else
     (void)workspace;
     (void)cuda_stream;
-    throw py::value_error(
-        "logits is on " + logits.device_str() +
-        " but this wavalign build has no CUDA kernels; reinstall on a machine with nvcc "
-        "(pip install . -C cmake.define.WAVALIGN_CUDA=ON) or move the tensors to CPU");
+    raise_no_cuda(logits);
 #endif
   } else {
     py::gil_scoped_release release;
     sample_tokens_cpu(a);
+  }
+}
+
+#if defined(WAVALIGN_WITH_CUDA)
+void raise_if_cuda_error(const char* op, const char* error) {
+  if (error != nullptr) throw std::runtime_error(std::string(op) + " failed on CUDA: " + error);
+}
+#endif
+
+[[noreturn]] void raise_no_cuda(const TensorArg& arg) {
+  throw py::value_error(arg.name + " is on " + arg.device_str() +
+                        " but this wavalign build has no CUDA kernels; reinstall on a machine "
+                        "with nvcc (pip install . -C cmake.define.WAVALIGN_CUDA=ON) or move the "
+                        "tensors to CPU");
+}
+
+void group_stats(py::handle rewards_obj, int32_t mode, bool sample_std, float eps,
+                 py::handle valid_count, py::handle mean, py::handle std_dev,
+                 py::handle variance, py::handle max, py::handle min, py::handle zero_variance,
+                 py::handle all_missing, py::handle advantages, uintptr_t cuda_stream) {
+  const TensorArg rewards = tensor_arg(rewards_obj, "rewards");
+  require_dtype(rewards, {DType::Float32});
+  require_shape(rewards, {-1, -1}, "[B, G]");
+  if (mode < kAdvantageGrpo || mode > kAdvantageRloo)
+    throw py::value_error("advantage mode must be 0 (grpo), 1 (dr_grpo) or 2 (rloo)");
+  const int64_t b = rewards.shape[0], g = rewards.shape[1];
+  GroupStatsArgs a;
+  a.rewards = static_cast<const float*>(rewards.data);
+  a.n_groups = b;
+  a.group_size = g;
+  a.mode = mode;
+  a.sample_std = sample_std;
+  a.eps = eps;
+  a.valid_count = checked<int32_t>(valid_count, "valid_count", DType::Int32, {b}, rewards);
+  a.mean = checked<float>(mean, "mean", DType::Float32, {b}, rewards);
+  a.std = checked<float>(std_dev, "std", DType::Float32, {b}, rewards);
+  a.variance = checked<float>(variance, "variance", DType::Float32, {b}, rewards);
+  a.max = checked<float>(max, "max", DType::Float32, {b}, rewards);
+  a.min = checked<float>(min, "min", DType::Float32, {b}, rewards);
+  a.zero_variance = checked<int8_t>(zero_variance, "zero_variance", DType::Int8, {b}, rewards);
+  a.all_missing = checked<int8_t>(all_missing, "all_missing", DType::Int8, {b}, rewards);
+  a.advantages = checked<float>(advantages, "advantages", DType::Float32, {b, g}, rewards);
+  if (rewards.is_cuda()) {
+#if defined(WAVALIGN_WITH_CUDA)
+    a.cuda_stream = reinterpret_cast<void*>(cuda_stream);
+    const char* error = nullptr;
+    {
+      py::gil_scoped_release release;
+      error = group_stats_cuda(a);
+    }
+    raise_if_cuda_error("group_stats", error);
+#else
+    (void)cuda_stream;
+    raise_no_cuda(rewards);
+#endif
+  } else {
+    py::gil_scoped_release release;
+    group_stats_cpu(a);
+  }
+}
+
+void broadcast_advantages(py::handle advantages_obj, py::handle token_types,
+                          py::handle type_weights, py::handle out, uintptr_t cuda_stream) {
+  const TensorArg adv = tensor_arg(advantages_obj, "advantages");
+  require_dtype(adv, {DType::Float32});
+  require_shape(adv, {-1}, "[N]");
+  const TensorArg types = tensor_arg(token_types, "token_types");
+  require_dtype(types, {DType::Int8});
+  require_shape(types, {adv.shape[0], -1}, ("[" + std::to_string(adv.shape[0]) + ", T]").c_str());
+  require_same_device(types, adv);
+  const TensorArg weights = tensor_arg(type_weights, "type_weights");
+  require_dtype(weights, {DType::Float32});
+  require_shape(weights, {-1}, "[K]");
+  require_same_device(weights, adv);
+  BroadcastAdvantagesArgs a;
+  a.advantages = static_cast<const float*>(adv.data);
+  a.token_types = static_cast<const int8_t*>(types.data);
+  a.type_weights = static_cast<const float*>(weights.data);
+  a.n_rows = adv.shape[0];
+  a.n_tokens = types.shape[1];
+  a.n_types = weights.shape[0];
+  a.out = checked<float>(out, "out", DType::Float32, {a.n_rows, a.n_tokens}, adv);
+  if (adv.is_cuda()) {
+#if defined(WAVALIGN_WITH_CUDA)
+    a.cuda_stream = reinterpret_cast<void*>(cuda_stream);
+    const char* error = nullptr;
+    {
+      py::gil_scoped_release release;
+      error = broadcast_advantages_cuda(a);
+    }
+    raise_if_cuda_error("broadcast_advantages", error);
+#else
+    (void)cuda_stream;
+    raise_no_cuda(adv);
+#endif
+  } else {
+    py::gil_scoped_release release;
+    broadcast_advantages_cpu(a);
   }
 }
 
@@ -177,6 +266,12 @@ PYBIND11_MODULE(_core, m) {
         py::arg("allowed_ranges"), py::arg("seed"), py::arg("offsets"), py::arg("out_ids"),
         py::arg("out_logprobs"), py::arg("out_raw_logprobs"), py::arg("out_status"),
         py::arg("workspace"), py::arg("cuda_stream"));
+  m.def("group_stats", &group_stats, py::arg("rewards"), py::arg("mode"), py::arg("sample_std"),
+        py::arg("eps"), py::arg("valid_count"), py::arg("mean"), py::arg("std"),
+        py::arg("variance"), py::arg("max"), py::arg("min"), py::arg("zero_variance"),
+        py::arg("all_missing"), py::arg("advantages"), py::arg("cuda_stream"));
+  m.def("broadcast_advantages", &broadcast_advantages, py::arg("advantages"),
+        py::arg("token_types"), py::arg("type_weights"), py::arg("out"), py::arg("cuda_stream"));
   m.def("build_info", &build_info);
   m.def("cuda_device_count", &cuda_device_count,
         "Number of usable CUDA devices (0 without CUDA kernels, driver or GPU).");

@@ -90,10 +90,8 @@ def sample_tokens(
     raw_logprobs = torch.empty(n, dtype=torch.float32, device=device)
     status = torch.zeros(n, dtype=torch.int32, device=device)
     workspace = None
-    stream = 0
     if device.type == "cuda":
         workspace = torch.empty((n, vocab), dtype=torch.float32, device=device)
-        stream = torch.cuda.current_stream(device).cuda_stream
     _core.sample_tokens(
         logits,
         params["temperature"],
@@ -112,7 +110,52 @@ def sample_tokens(
         raw_logprobs,
         status,
         workspace,
-        stream,
+        _stream(device),
     )
     _raise_for_status(status, params)
     return ids, logprobs, raw_logprobs
+
+
+_ADVANTAGE_MODES = {"grpo": 0, "dr_grpo": 1, "rloo": 2}
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+
+
+def group_stats(rewards: torch.Tensor, mode: str, sample_std: bool, eps: float) -> dict[str, torch.Tensor]:
+    """rewards: [B, G] float32 (NaN = no reward). Returns per-group tensors and advantages."""
+    if mode not in _ADVANTAGE_MODES:
+        raise ValueError(f"advantage mode must be one of {sorted(_ADVANTAGE_MODES)}, got {mode!r}")
+    b, g = (rewards.shape[0], rewards.shape[1]) if rewards.dim() == 2 else (0, 0)
+    device = rewards.device
+    out = {
+        "valid_count": torch.empty(b, dtype=torch.int32, device=device),
+        "mean": torch.empty(b, dtype=torch.float32, device=device),
+        "std": torch.empty(b, dtype=torch.float32, device=device),
+        "variance": torch.empty(b, dtype=torch.float32, device=device),
+        "max": torch.empty(b, dtype=torch.float32, device=device),
+        "min": torch.empty(b, dtype=torch.float32, device=device),
+        "zero_variance": torch.empty(b, dtype=torch.int8, device=device),
+        "all_missing": torch.empty(b, dtype=torch.int8, device=device),
+        "advantages": torch.empty((b, g), dtype=torch.float32, device=device),
+    }
+    _core.group_stats(
+        rewards, _ADVANTAGE_MODES[mode], bool(sample_std), float(eps),
+        out["valid_count"], out["mean"], out["std"], out["variance"], out["max"], out["min"],
+        out["zero_variance"], out["all_missing"], out["advantages"], _stream(device),
+    )
+    out["zero_variance"] = out["zero_variance"].bool()
+    out["all_missing"] = out["all_missing"].bool()
+    return out
+
+
+def broadcast_advantages(
+    advantages: torch.Tensor, token_types: torch.Tensor, type_weights: torch.Tensor
+) -> torch.Tensor:
+    """advantages [N] float32, token_types [N, T] int8, type_weights [K] -> [N, T] float32."""
+    n_tokens = token_types.shape[1] if token_types.dim() == 2 else 0
+    out = torch.empty((advantages.shape[0] if advantages.dim() == 1 else 0, n_tokens),
+                      dtype=torch.float32, device=advantages.device)
+    _core.broadcast_advantages(advantages, token_types, type_weights, out, _stream(advantages.device))
+    return out

@@ -131,12 +131,116 @@ def sample_tokens(
     return SampledTokens(ids, logprobs, raw_logprobs)
 
 
+class GroupStats(NamedTuple):
+    """Per-group reward statistics; B groups of G samples. NaN rewards are excluded."""
+
+    advantages: torch.Tensor  # [B, G] float32; 0 for missing rewards and flagged groups
+    valid_count: torch.Tensor  # [B] int32
+    mean: torch.Tensor  # [B] float32 (NaN when all missing)
+    std: torch.Tensor  # [B] float32
+    variance: torch.Tensor  # [B] float32
+    max: torch.Tensor  # [B] float32
+    min: torch.Tensor  # [B] float32
+    zero_variance: torch.Tensor  # [B] bool: every valid reward equal -> no preference signal
+    all_missing: torch.Tensor  # [B] bool: no valid reward at all
+
+    def summary(self) -> dict[str, float]:
+        """Scalars to log each step: missing rewards and flagged groups are counted, not hidden."""
+        n_groups = self.valid_count.numel()
+        n_samples = self.advantages.numel()
+        missing = n_samples - int(self.valid_count.sum())
+        zero_variance = int(self.zero_variance.sum())
+        return {
+            "groups": float(n_groups),
+            "missing_rewards": float(missing),
+            "missing_reward_fraction": missing / max(n_samples, 1),
+            "zero_variance_groups": float(zero_variance),
+            "zero_variance_fraction": zero_variance / max(n_groups, 1),
+            "all_missing_groups": float(self.all_missing.sum()),
+        }
+
+
+def _as_tensor(value, name: str) -> torch.Tensor:
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(value).__name__}")
+    return value
+
+
+def group_stats(
+    rewards: torch.Tensor, *, mode: str = "grpo", std: str = "population", eps: float = 1e-4
+) -> GroupStats:
+    """Group-relative advantages and statistics (native; twin: reference.group_stats).
+
+    Args:
+        rewards: [B, G] float32, one row per prompt, NaN = no reward (a failed judge call).
+        mode: "grpo" (r - mean) / (std + eps) | "dr_grpo" r - mean | "rloo" r - mean(others).
+        std: "population" (divide by n, the paper's masked trainer) or "sample" (n - 1).
+        eps: added to std in "grpo".
+
+    Raises:
+        ValueError for +-inf rewards (naming the group and sample), a bad mode/std/eps, a
+        wrong shape; TypeError for a wrong dtype.
+    """
+    rewards = _as_tensor(rewards, "rewards")
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must have shape [B, G], got {list(rewards.shape)}")
+    if std not in ("population", "sample"):
+        raise ValueError(f"std must be 'population' or 'sample', got {std!r}")
+    if not (isinstance(eps, (int, float)) and eps >= 0 and np.isfinite(eps)):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    if rewards.dtype == torch.float32:
+        infinite = torch.nonzero(torch.isinf(rewards))
+        if infinite.numel():
+            group, sample = infinite[0].tolist()
+            raise ValueError(
+                f"rewards[{group}, {sample}] is {rewards[group, sample].item()}: rewards must be "
+                f"finite or NaN (NaN = no reward); {infinite.shape[0]} infinite value(s) in total"
+            )
+    out = _ops.group_stats(rewards, mode, std == "sample", float(eps))
+    return GroupStats(**out)
+
+
+def broadcast_advantages(
+    advantages: torch.Tensor,
+    token_types: torch.Tensor,
+    type_weights: Sequence[float] | torch.Tensor,
+) -> torch.Tensor:
+    """Spread one advantage per sequence over its tokens under a modality scope.
+
+    Args:
+        advantages: [N] float32, one per sequence.
+        token_types: [N, T] int8; -1 = not a response token (prompt, padding), k >= 0 =
+            modality k (0 = text, 1 = speech in ModalitySpec).
+        type_weights: [K] weight per modality, e.g. (1.0, 0.0) = text-only RL scope.
+
+    Returns:
+        [N, T] float32: advantages[n] * type_weights[token_types[n, t]], 0 where type is -1.
+    """
+    advantages = _as_tensor(advantages, "advantages")
+    token_types = _as_tensor(token_types, "token_types")
+    if not isinstance(type_weights, torch.Tensor):
+        type_weights = torch.tensor(list(type_weights), dtype=torch.float32, device=advantages.device)
+    if token_types.dtype == torch.int8 and token_types.numel():
+        low, high = int(token_types.min()), int(token_types.max())
+        if low < -1 or high >= type_weights.numel():
+            raise ValueError(
+                f"token_types must lie in [-1, {type_weights.numel()}) (one weight per modality), "
+                f"found values in [{low}, {high}]"
+            )
+    return _ops.broadcast_advantages(advantages, token_types, type_weights)
+
+
 build_info = _ops.build_info
 cuda_device_count = _ops.cuda_device_count
 set_num_threads = _ops.set_num_threads
 get_num_threads = _ops.get_num_threads
 
 __all__ = [
+    "GroupStats",
+    "group_stats",
+    "broadcast_advantages",
     "SampledTokens",
     "sample_tokens",
     "build_info",
