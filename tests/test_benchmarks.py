@@ -42,3 +42,15 @@ def test_cpp_benchmark_builds_and_runs(tmp_path):
     proc = subprocess.run([str(binary), "--quick"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert re.match(r"RESULT ns_per_row=\d+ GBps=", proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_logprobs_benchmark_small_run_prints_result():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_logprobs.py"), "--tokens", "128",
+         "--hidden", "16", "--repeats", "1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert re.match(r"RESULT mem_ratio=\d+\.\d+ time_ratio=\d+\.\d+", last), last
