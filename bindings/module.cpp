@@ -7,6 +7,7 @@
 
 #include "tensor_arg.h"
 #include "wavalign/group_stats.h"
+#include "wavalign/interleave.h"
 #include "wavalign/sampling.h"
 
 namespace py = pybind11;
@@ -227,6 +228,71 @@ void broadcast_advantages(py::handle advantages_obj, py::handle token_types,
   }
 }
 
+void interleave_advance(int32_t schedule, int32_t text_chunk, int32_t speech_chunk,
+                        py::handle id_modality, int64_t eos, int64_t begin_audio,
+                        int64_t end_audio, int64_t end_text, py::handle sampled,
+                        py::handle max_text, py::handle max_speech, py::handle max_total,
+                        py::handle phase, py::handle chunk_count, py::handle text_count,
+                        py::handle speech_count, py::handle text_done, py::handle finish_reason,
+                        py::handle out_allowed_set, py::handle out_status, uintptr_t cuda_stream) {
+  const TensorArg modality = tensor_arg(id_modality, "id_modality");
+  require_dtype(modality, {DType::Int8});
+  require_shape(modality, {-1}, "[V]");
+  const TensorArg phase_arg = tensor_arg(phase, "phase");
+  require_dtype(phase_arg, {DType::Int8});
+  require_shape(phase_arg, {-1}, "[N]");
+  require_same_device(phase_arg, modality);
+  const int64_t n = phase_arg.shape[0];
+  InterleaveArgs a;
+  a.n_rows = n;
+  a.schedule = schedule;
+  a.text_chunk = text_chunk;
+  a.speech_chunk = speech_chunk;
+  a.id_modality = static_cast<const int8_t*>(modality.data);
+  a.vocab = modality.shape[0];
+  a.eos = eos;
+  a.begin_audio = begin_audio;
+  a.end_audio = end_audio;
+  a.end_text = end_text;
+  for (int64_t special : {eos, begin_audio, end_audio, end_text})
+    if (special < -1 || special >= a.vocab)
+      throw py::value_error("special id " + std::to_string(special) + " is outside [-1, " +
+                            std::to_string(a.vocab) + ")");
+  if (schedule < kScheduleSequential || schedule > kScheduleFree)
+    throw py::value_error("schedule must be 0 (sequential), 1 (chunked) or 2 (free)");
+  if (schedule == kScheduleChunked && (text_chunk <= 0 || speech_chunk <= 0))
+    throw py::value_error("a chunked schedule needs text_chunk > 0 and speech_chunk > 0");
+  if (!sampled.is_none()) a.sampled = checked<const int64_t>(sampled, "sampled", DType::Int64, {n}, modality);
+  a.max_text = checked<const int32_t>(max_text, "max_text", DType::Int32, {n}, modality);
+  a.max_speech = checked<const int32_t>(max_speech, "max_speech", DType::Int32, {n}, modality);
+  a.max_total = checked<const int32_t>(max_total, "max_total", DType::Int32, {n}, modality);
+  a.phase = static_cast<int8_t*>(phase_arg.data);
+  a.chunk_count = checked<int32_t>(chunk_count, "chunk_count", DType::Int32, {n}, modality);
+  a.text_count = checked<int32_t>(text_count, "text_count", DType::Int32, {n}, modality);
+  a.speech_count = checked<int32_t>(speech_count, "speech_count", DType::Int32, {n}, modality);
+  a.text_done = checked<int8_t>(text_done, "text_done", DType::Int8, {n}, modality);
+  a.finish_reason = checked<int8_t>(finish_reason, "finish_reason", DType::Int8, {n}, modality);
+  a.out_allowed_set = checked<int32_t>(out_allowed_set, "out_allowed_set", DType::Int32, {n}, modality);
+  a.out_status = checked<int32_t>(out_status, "out_status", DType::Int32, {n}, modality);
+  if (modality.is_cuda()) {
+#if defined(WAVALIGN_WITH_CUDA)
+    a.cuda_stream = reinterpret_cast<void*>(cuda_stream);
+    const char* error = nullptr;
+    {
+      py::gil_scoped_release release;
+      error = interleave_advance_cuda(a);
+    }
+    raise_if_cuda_error("interleave_advance", error);
+#else
+    (void)cuda_stream;
+    raise_no_cuda(modality);
+#endif
+  } else {
+    py::gil_scoped_release release;
+    interleave_advance_cpu(a);
+  }
+}
+
 py::dict build_info() {
   py::dict info;
   info["version"] = WAVALIGN_VERSION;
@@ -272,6 +338,13 @@ PYBIND11_MODULE(_core, m) {
         py::arg("all_missing"), py::arg("advantages"), py::arg("cuda_stream"));
   m.def("broadcast_advantages", &broadcast_advantages, py::arg("advantages"),
         py::arg("token_types"), py::arg("type_weights"), py::arg("out"), py::arg("cuda_stream"));
+  m.def("interleave_advance", &interleave_advance, py::arg("schedule"), py::arg("text_chunk"),
+        py::arg("speech_chunk"), py::arg("id_modality"), py::arg("eos"), py::arg("begin_audio"),
+        py::arg("end_audio"), py::arg("end_text"), py::arg("sampled"), py::arg("max_text"),
+        py::arg("max_speech"), py::arg("max_total"), py::arg("phase"), py::arg("chunk_count"),
+        py::arg("text_count"), py::arg("speech_count"), py::arg("text_done"),
+        py::arg("finish_reason"), py::arg("out_allowed_set"), py::arg("out_status"),
+        py::arg("cuda_stream"));
   m.def("build_info", &build_info);
   m.def("cuda_device_count", &cuda_device_count,
         "Number of usable CUDA devices (0 without CUDA kernels, driver or GPU).");

@@ -159,3 +159,27 @@ def broadcast_advantages(
                       dtype=torch.float32, device=advantages.device)
     _core.broadcast_advantages(advantages, token_types, type_weights, out, _stream(advantages.device))
     return out
+
+
+def interleave_advance(config: dict, state: dict[str, torch.Tensor], sampled: torch.Tensor | None) -> torch.Tensor:
+    """Advances the interleave state in place; returns the next allowed set per row [N] int32."""
+    n = state["phase"].shape[0]
+    device = state["phase"].device
+    allowed = torch.empty(n, dtype=torch.int32, device=device)
+    status = torch.zeros(n, dtype=torch.int32, device=device)
+    _core.interleave_advance(
+        config["schedule"], config["text_chunk"], config["speech_chunk"], config["id_modality"],
+        config["eos"], config["begin_audio"], config["end_audio"], config["end_text"], sampled,
+        state["max_text"], state["max_speech"], state["max_total"], state["phase"],
+        state["chunk_count"], state["text_count"], state["speech_count"], state["text_done"],
+        state["finish_reason"], allowed, status, _stream(device),
+    )
+    bad = torch.nonzero(status.cpu()).flatten()
+    if bad.numel():
+        row = int(bad[0])
+        token = int(sampled[row]) if sampled is not None else -1
+        reason = "is outside the vocabulary" if int(status[row]) == 1 else (
+            f"is not allowed in the row's phase {int(state['phase'][row])} under this schedule")
+        raise ValueError(f"interleave: row {row}: sampled id {token} {reason} "
+                         f"({bad.numel()} of {n} rows rejected; state of those rows unchanged)")
+    return allowed

@@ -26,7 +26,8 @@ import torch
 import yaml
 
 TEXT, SPEECH, NOT_RESPONSE = 0, 1, -1
-SCHEDULE_KINDS = ("sequential", "chunked", "free")
+NEITHER = 2  # an id in no modality range (e.g. padding rows of an enlarged embedding)
+SCHEDULE_KINDS = ("sequential", "chunked", "free")  # native codes 0, 1, 2
 SPECIAL_NAMES = ("eos", "bos", "pad", "begin_audio", "end_audio", "begin_text", "end_text")
 
 Range = tuple[int, int]
@@ -144,6 +145,43 @@ class ModalitySpec:
         for token in self.boundary_ids:
             table[token] = SPEECH if self.boundary_is_speech else TEXT
         return table.to(device)
+
+    def modality_table(self) -> torch.Tensor:
+        """[vocab_size] int8 for the interleave state machine: 0 text, 1 speech, 2 neither.
+
+        Boundary ids follow boundary_is_speech; other specials outside every range are text.
+        """
+        table = torch.full((self.vocab_size,), NEITHER, dtype=torch.int8)
+        for lo, hi in self.text_ranges:
+            table[lo:hi] = TEXT
+        for lo, hi in self.speech_ranges:
+            table[lo:hi] = SPEECH
+        for name in SPECIAL_NAMES:
+            token = getattr(self, name)
+            if token is not None and table[token] == NEITHER:
+                table[token] = TEXT
+        for token in self.boundary_ids:
+            table[token] = SPEECH if self.boundary_is_speech else TEXT
+        return table
+
+    def interleave_table(self) -> torch.Tensor:
+        """[4, R, 2] int64: the allowed id ranges of each interleave set (AllowedSet in
+        cpp/include/wavalign/interleave.h), padded with empty (0, 0) ranges.
+
+        Built from the reference predicate, so it matches the native state machine exactly.
+        """
+        from wavalign.reference.interleave import N_ALLOWED_SETS, allowed_mask
+
+        per_set = [ids_to_ranges(torch.nonzero(allowed_mask(self, s)).flatten().tolist())
+                   for s in range(N_ALLOWED_SETS)]
+        width = max(1, max(len(r) for r in per_set))
+        if width > 64:
+            raise ValueError(f"an interleave set needs {width} id ranges; the sampler takes at most 64")
+        table = torch.zeros(N_ALLOWED_SETS, width, 2, dtype=torch.int64)
+        for index, ranges in enumerate(per_set):
+            if ranges:
+                table[index, : len(ranges)] = torch.tensor(ranges)
+        return table
 
     def token_types(self, ids: torch.Tensor, response_mask: torch.Tensor | None = None) -> torch.Tensor:
         """ids [N, T] int64 -> [N, T] int8 (0 text, 1 speech, -1 where response_mask is False).

@@ -1,0 +1,127 @@
+"""Pure-Python twin of the native interleave state machine (cpp/include/wavalign/interleave*.h).
+
+Readable and slow: one row at a time. `allowed_mask` is also what builds the range table
+the sampler consumes (ModalitySpec.interleave_table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PHASE_TEXT, PHASE_SPEECH, PHASE_CLOSING = 0, 1, 2
+FINISH_RUNNING, FINISH_EOS, FINISH_LENGTH, FINISH_END_AUDIO = 0, 1, 2, 3
+SET_TEXT, SET_SPEECH, SET_SWITCH_TO_SPEECH, SET_EOS_ONLY = 0, 1, 2, 3
+N_ALLOWED_SETS = 4
+SCHEDULE_CODES = {"sequential": 0, "chunked": 1, "free": 2}
+
+
+def _specials(spec):
+    def code(value):
+        return -1 if value is None else value
+
+    return code(spec.eos), code(spec.begin_audio), code(spec.end_audio), code(spec.end_text)
+
+
+def allowed_mask(spec, allowed_set: int) -> torch.Tensor:
+    """[V] bool: the ids a row in `allowed_set` may emit under spec.schedule."""
+    modality = spec.modality_table()
+    ids = torch.arange(spec.vocab_size)
+    eos, begin, end, _ = _specials(spec)
+    is_begin, is_end, is_eos = ids == begin, ids == end, ids == eos
+    plain_text = (modality == 0) & ~is_begin & ~is_end
+    plain_speech = (modality == 1) & ~is_begin & ~is_end
+    kind = spec.schedule.kind
+    if allowed_set == SET_TEXT:
+        if kind == "sequential":
+            return plain_text | is_begin | (plain_speech if begin < 0 else torch.zeros_like(is_begin))
+        if kind == "chunked":
+            return plain_text
+        return plain_text | plain_speech | is_begin
+    if allowed_set == SET_SPEECH:
+        if kind == "free":
+            return plain_text | plain_speech | is_end | is_eos
+        return plain_speech | is_end | is_eos
+    if allowed_set == SET_SWITCH_TO_SPEECH:
+        return is_begin if begin >= 0 else plain_speech
+    if allowed_set == SET_EOS_ONLY:
+        return is_eos
+    raise ValueError(f"unknown allowed set {allowed_set}")
+
+
+@dataclass
+class RowState:
+    phase: int = PHASE_TEXT
+    chunk_count: int = 0
+    text_count: int = 0
+    speech_count: int = 0
+    text_done: bool = False
+    finish_reason: int = FINISH_RUNNING
+
+
+def _spent(budget: int, used: int) -> bool:
+    return budget >= 0 and used >= budget
+
+
+def current_set(spec, row: RowState, max_text: int) -> int:
+    if row.finish_reason != FINISH_RUNNING or row.phase == PHASE_CLOSING:
+        return SET_EOS_ONLY
+    if row.phase == PHASE_SPEECH:
+        return SET_SPEECH
+    if spec.schedule.kind == "sequential" and _spent(max_text, row.text_count):
+        return SET_SWITCH_TO_SPEECH
+    return SET_TEXT
+
+
+def reference_step(spec, row: RowState, token: int, max_text=-1, max_speech=-1, max_total=-1) -> int:
+    """Advance one row on `token`; returns the row's next allowed set. Raises on an illegal id."""
+    if row.finish_reason != FINISH_RUNNING:
+        return SET_EOS_ONLY
+    if not 0 <= token < spec.vocab_size:
+        raise ValueError(f"id {token} is outside [0, {spec.vocab_size})")
+    if not bool(allowed_mask(spec, current_set(spec, row, max_text))[token]):
+        raise ValueError(f"id {token} is not allowed in phase {row.phase}")
+    eos, begin, end, end_text = _specials(spec)
+    modality = int(spec.modality_table()[token])
+    kind = spec.schedule.kind
+    if token == eos:
+        row.finish_reason = FINISH_EOS
+        return current_set(spec, row, max_text)
+    row.text_count += modality == 0
+    row.speech_count += modality == 1
+    if kind == "sequential":
+        if row.phase == PHASE_TEXT and (token == begin or modality == 1):
+            row.phase = PHASE_SPEECH
+        elif row.phase == PHASE_SPEECH and token == end:
+            row.phase = PHASE_CLOSING
+    elif kind == "chunked":
+        if row.phase == PHASE_TEXT:
+            row.chunk_count += 1
+            row.text_done |= token == end_text
+            if row.text_done or row.chunk_count >= spec.schedule.text:
+                row.phase, row.chunk_count = PHASE_SPEECH, 0
+        elif token == end:
+            row.phase = PHASE_CLOSING
+        else:
+            row.chunk_count += 1
+            if not row.text_done and row.chunk_count >= spec.schedule.speech:
+                row.phase, row.chunk_count = PHASE_TEXT, 0
+    else:
+        if token == begin or (modality == 1 and token != end):
+            row.phase = PHASE_SPEECH
+        elif token == end or modality == 0:
+            row.phase = PHASE_TEXT
+    if row.phase == PHASE_CLOSING and eos < 0:
+        row.finish_reason = FINISH_END_AUDIO
+    total = row.text_count + row.speech_count
+    if _spent(max_total, total) or _spent(max_speech, row.speech_count):
+        row.finish_reason = FINISH_LENGTH
+    elif _spent(max_text, row.text_count):
+        if kind == "chunked":
+            row.text_done = True
+            if row.phase == PHASE_TEXT:
+                row.phase, row.chunk_count = PHASE_SPEECH, 0
+        elif kind == "free":
+            row.finish_reason = FINISH_LENGTH
+    return current_set(spec, row, max_text)

@@ -1,0 +1,91 @@
+"""Batched interleave state: which ids each row may emit next, advanced natively per step.
+
+    state = InterleaveState(spec, n_rows=64, max_text=200, max_speech=800)
+    for step in range(max_new_tokens):
+        out = ops.sample_tokens(logits, allowed_ranges=state.allowed_ranges(), ...)
+        state.advance(out.ids)          # no Python loop over rows
+        if state.finished.all(): break
+
+Transitions are documented in cpp/include/wavalign/interleave.h; the twin is
+wavalign.reference.interleave.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from wavalign import _ops
+from wavalign.modality import ModalitySpec
+from wavalign.reference.interleave import (
+    FINISH_RUNNING, PHASE_SPEECH, PHASE_TEXT, SCHEDULE_CODES,
+)
+
+FINISH_NAMES = {0: "running", 1: "eos", 2: "length", 3: "end_of_audio"}
+
+
+def _budget(value, n: int, name: str, device) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        if value.shape != (n,):
+            raise ValueError(f"{name} must be a number or a [{n}] tensor, got shape {list(value.shape)}")
+        return value.to(device=device, dtype=torch.int32).contiguous()
+    if value is None:
+        value = -1
+    if not isinstance(value, int) or value < -1:
+        raise ValueError(f"{name} must be an int >= 0, or -1/None for unlimited, got {value!r}")
+    return torch.full((n,), value, dtype=torch.int32, device=device)
+
+
+class InterleaveState:
+    """Per-row phase, chunk position, text/speech counts and finish reason for N rows."""
+
+    def __init__(self, spec: ModalitySpec, n_rows: int, *, max_text=None, max_speech=None,
+                 max_total=None, device: torch.device | str = "cpu"):
+        self.spec = spec
+        device = torch.device(device)
+        schedule = spec.schedule
+        self._config = {
+            "schedule": SCHEDULE_CODES[schedule.kind],
+            "text_chunk": schedule.text or 0,
+            "speech_chunk": schedule.speech or 0,
+            "id_modality": spec.modality_table().to(device),
+            "eos": -1 if spec.eos is None else spec.eos,
+            "begin_audio": -1 if spec.begin_audio is None else spec.begin_audio,
+            "end_audio": -1 if spec.end_audio is None else spec.end_audio,
+            "end_text": -1 if spec.end_text is None else spec.end_text,
+        }
+        self.table = spec.interleave_table().to(device)  # [4, R, 2]
+        self.state = {
+            "max_text": _budget(max_text, n_rows, "max_text", device),
+            "max_speech": _budget(max_speech, n_rows, "max_speech", device),
+            "max_total": _budget(max_total, n_rows, "max_total", device),
+            "phase": torch.full((n_rows,), PHASE_TEXT, dtype=torch.int8, device=device),
+            "chunk_count": torch.zeros(n_rows, dtype=torch.int32, device=device),
+            "text_count": torch.zeros(n_rows, dtype=torch.int32, device=device),
+            "speech_count": torch.zeros(n_rows, dtype=torch.int32, device=device),
+            "text_done": torch.zeros(n_rows, dtype=torch.int8, device=device),
+            "finish_reason": torch.zeros(n_rows, dtype=torch.int8, device=device),
+        }
+        if schedule.kind == "chunked":  # a zero text budget starts in speech
+            no_text = self.state["max_text"] == 0
+            self.state["text_done"][no_text] = 1
+            self.state["phase"][no_text] = PHASE_SPEECH
+        self.allowed_set = _ops.interleave_advance(self._config, self.state, None)
+
+    def allowed_ranges(self) -> torch.Tensor:
+        """[N, R, 2] int64 allowed id ranges for the next sample (sampler input)."""
+        return self.table[self.allowed_set.long()]
+
+    def advance(self, sampled: torch.Tensor) -> None:
+        """sampled: [N] int64 ids just emitted; finished rows ignore theirs."""
+        self.allowed_set = _ops.interleave_advance(self._config, self.state, sampled.contiguous())
+
+    @property
+    def finished(self) -> torch.Tensor:
+        return self.state["finish_reason"] != FINISH_RUNNING
+
+    @property
+    def phase(self) -> torch.Tensor:
+        return self.state["phase"]
+
+    def finish_reasons(self) -> list[str]:
+        return [FINISH_NAMES[int(r)] for r in self.state["finish_reason"].tolist()]
