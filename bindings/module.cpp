@@ -31,6 +31,38 @@ void raise_if_cuda_error(const char* op, const char* error);
 #endif
 [[noreturn]] void raise_no_cuda(const TensorArg& arg);
 
+#if defined(WAVALIGN_WITH_CUDA)
+#define WAVALIGN_CUDA_FN(fn) (&fn)
+#else
+#define WAVALIGN_CUDA_FN(fn) (nullptr)  // never called: this build has no CUDA kernels
+#endif
+
+// Runs an op on the device of `ref` with the GIL released: the CPU function directly, or
+// the CUDA launcher on the caller's stream (raising its error, if any).
+template <typename Args, typename CpuFn, typename CudaFn>
+void dispatch(const TensorArg& ref, const char* op, Args& a, uintptr_t cuda_stream, CpuFn cpu,
+              CudaFn cuda) {
+  if (!ref.is_cuda()) {
+    py::gil_scoped_release release;
+    cpu(a);
+    return;
+  }
+#if defined(WAVALIGN_WITH_CUDA)
+  a.cuda_stream = reinterpret_cast<void*>(cuda_stream);
+  const char* error = nullptr;
+  {
+    py::gil_scoped_release release;
+    error = cuda(a);
+  }
+  raise_if_cuda_error(op, error);
+#else
+  (void)op;
+  (void)cuda_stream;
+  (void)cuda;
+  raise_no_cuda(ref);
+#endif
+}
+
 // Imports `obj` and checks its dtype, exact shape and device (same as `ref`).
 template <typename T>
 T* checked(const py::handle& obj, const char* name, DType dtype,
@@ -109,25 +141,10 @@ void sample_tokens(py::handle logits_obj, py::handle temperature, py::handle top
   a.out_status = checked<int32_t>(out_status, "out_status", DType::Int32, {n}, logits);
   if (n == 0) return;
 
-  if (logits.is_cuda()) {
-#if defined(WAVALIGN_WITH_CUDA)
+  if (logits.is_cuda() && !workspace.is_none())
     a.workspace = checked<float>(workspace, "workspace", DType::Float32, {n, vocab}, logits);
-    a.cuda_stream = reinterpret_cast<void*>(cuda_stream);
-    const char* error = nullptr;
-    {
-      py::gil_scoped_release release;
-      error = sample_tokens_cuda(a);
-    }
-    raise_if_cuda_error("sample_tokens", error);
-#else
-    (void)workspace;
-    (void)cuda_stream;
-    raise_no_cuda(logits);
-#endif
-  } else {
-    py::gil_scoped_release release;
-    sample_tokens_cpu(a);
-  }
+  dispatch(logits, "sample_tokens", a, cuda_stream, sample_tokens_cpu,
+           WAVALIGN_CUDA_FN(sample_tokens_cuda));
 }
 
 #if defined(WAVALIGN_WITH_CUDA)
@@ -169,23 +186,8 @@ void group_stats(py::handle rewards_obj, int32_t mode, bool sample_std, float ep
   a.zero_variance = checked<int8_t>(zero_variance, "zero_variance", DType::Int8, {b}, rewards);
   a.all_missing = checked<int8_t>(all_missing, "all_missing", DType::Int8, {b}, rewards);
   a.advantages = checked<float>(advantages, "advantages", DType::Float32, {b, g}, rewards);
-  if (rewards.is_cuda()) {
-#if defined(WAVALIGN_WITH_CUDA)
-    a.cuda_stream = reinterpret_cast<void*>(cuda_stream);
-    const char* error = nullptr;
-    {
-      py::gil_scoped_release release;
-      error = group_stats_cuda(a);
-    }
-    raise_if_cuda_error("group_stats", error);
-#else
-    (void)cuda_stream;
-    raise_no_cuda(rewards);
-#endif
-  } else {
-    py::gil_scoped_release release;
-    group_stats_cpu(a);
-  }
+  dispatch(rewards, "group_stats", a, cuda_stream, group_stats_cpu,
+           WAVALIGN_CUDA_FN(group_stats_cuda));
 }
 
 void broadcast_advantages(py::handle advantages_obj, py::handle token_types,
@@ -209,23 +211,8 @@ void broadcast_advantages(py::handle advantages_obj, py::handle token_types,
   a.n_tokens = types.shape[1];
   a.n_types = weights.shape[0];
   a.out = checked<float>(out, "out", DType::Float32, {a.n_rows, a.n_tokens}, adv);
-  if (adv.is_cuda()) {
-#if defined(WAVALIGN_WITH_CUDA)
-    a.cuda_stream = reinterpret_cast<void*>(cuda_stream);
-    const char* error = nullptr;
-    {
-      py::gil_scoped_release release;
-      error = broadcast_advantages_cuda(a);
-    }
-    raise_if_cuda_error("broadcast_advantages", error);
-#else
-    (void)cuda_stream;
-    raise_no_cuda(adv);
-#endif
-  } else {
-    py::gil_scoped_release release;
-    broadcast_advantages_cpu(a);
-  }
+  dispatch(adv, "broadcast_advantages", a, cuda_stream, broadcast_advantages_cpu,
+           WAVALIGN_CUDA_FN(broadcast_advantages_cuda));
 }
 
 void interleave_advance(int32_t schedule, int32_t text_chunk, int32_t speech_chunk,
@@ -274,23 +261,8 @@ void interleave_advance(int32_t schedule, int32_t text_chunk, int32_t speech_chu
   a.finish_reason = checked<int8_t>(finish_reason, "finish_reason", DType::Int8, {n}, modality);
   a.out_allowed_set = checked<int32_t>(out_allowed_set, "out_allowed_set", DType::Int32, {n}, modality);
   a.out_status = checked<int32_t>(out_status, "out_status", DType::Int32, {n}, modality);
-  if (modality.is_cuda()) {
-#if defined(WAVALIGN_WITH_CUDA)
-    a.cuda_stream = reinterpret_cast<void*>(cuda_stream);
-    const char* error = nullptr;
-    {
-      py::gil_scoped_release release;
-      error = interleave_advance_cuda(a);
-    }
-    raise_if_cuda_error("interleave_advance", error);
-#else
-    (void)cuda_stream;
-    raise_no_cuda(modality);
-#endif
-  } else {
-    py::gil_scoped_release release;
-    interleave_advance_cpu(a);
-  }
+  dispatch(modality, "interleave_advance", a, cuda_stream, interleave_advance_cpu,
+           WAVALIGN_CUDA_FN(interleave_advance_cuda));
 }
 
 py::dict build_info() {
