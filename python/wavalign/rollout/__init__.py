@@ -1,5 +1,6 @@
-"""Rollouts of interleaved text/speech responses (the engine lands with issue 6)."""
+"""Rollouts of interleaved text/speech responses: batched, prefix-shared, schedule-constrained."""
 
+from wavalign.rollout.engine import ModalitySampling, Rollout, RolloutEngine, SamplingParams
 from wavalign.rollout.interleave import InterleaveState
 
-__all__ = ["InterleaveState"]
+__all__ = ["InterleaveState", "ModalitySampling", "Rollout", "RolloutEngine", "SamplingParams"]

@@ -79,6 +79,11 @@ class InterleaveState:
         """sampled: [N] int64 ids just emitted; finished rows ignore theirs."""
         self.allowed_set = _ops.interleave_advance(self._config, self.state, sampled.contiguous())
 
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only `rows` (int64 indices), e.g. to drop finished rows from the batch."""
+        self.state = {name: value[rows] for name, value in self.state.items()}
+        self.allowed_set = self.allowed_set[rows]
+
     @property
     def finished(self) -> torch.Tensor:
         return self.state["finish_reason"] != FINISH_RUNNING

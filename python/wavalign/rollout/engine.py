@@ -1,0 +1,195 @@
+"""RolloutEngine: G interleaved text/speech samples per prompt from any HF causal LM.
+
+Each distinct prompt is prefilled once (prompts batched, left-padded); its KV cache is then
+repeated for its G samples, so no prompt is encoded twice. Decoding is batched; after every
+step the native interleave state machine says which ids each row may emit next and the
+native sampler draws under per-row, per-modality parameters. Rows that finish leave the
+batch (their cache rows are dropped), so the cost of a step tracks the live rows.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from wavalign import ops
+from wavalign.modality import SPEECH, ModalitySpec
+from wavalign.rollout.interleave import FINISH_NAMES, InterleaveState
+
+_STEP_STRIDE = 1 << 20  # offsets: sample_id * stride + step -> one Philox stream per sample
+
+
+@dataclass(frozen=True)
+class ModalitySampling:
+    """Sampling settings for one modality (real models sample speech differently)."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    text: ModalitySampling = field(default_factory=ModalitySampling)
+    speech: ModalitySampling = field(default_factory=ModalitySampling)
+    max_new_tokens: int = 256
+    max_text_tokens: int | None = None
+    max_speech_tokens: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class Rollout:
+    """B prompts x G samples = R rows, in prompt-major order (row = prompt * G + sample)."""
+
+    prompt_ids: list[torch.Tensor]  # B prompts, each [P_b] int64
+    prompt_index: torch.Tensor  # [R] int64
+    ids: torch.Tensor  # [R, L] int64 response ids, pad_id after the end
+    lengths: torch.Tensor  # [R] int64 response lengths
+    token_types: torch.Tensor  # [R, L] int8: 0 text, 1 speech, -1 padding
+    logprobs: torch.Tensor  # [R, L] float32 under the processed (sampling) distribution
+    raw_logprobs: torch.Tensor  # [R, L] float32 under the raw model distribution
+    finish_reasons: list[str]
+    timings: dict[str, float]
+
+
+class RolloutEngine:
+    def __init__(self, model, spec: ModalitySpec, *, pad_id: int | None = None):
+        self.model = model
+        self.spec = spec
+        self.pad_id = pad_id if pad_id is not None else (spec.pad if spec.pad is not None else 0)
+        # transformers 5 renamed `past_key_values` to `cache`; accept either generation.
+        parameters = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in parameters else "past_key_values"
+
+    @staticmethod
+    def _cache_of(output):
+        cache = output.get("cache", None)
+        return cache if cache is not None else output.get("past_key_values", None)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _prefill(self, prompts: list[torch.Tensor]):
+        lengths = torch.tensor([len(p) for p in prompts])
+        width = int(lengths.max())
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.int64)
+        mask = torch.zeros((len(prompts), width), dtype=torch.int64)
+        for row, prompt in enumerate(prompts):  # left padding: the last column is the last token
+            ids[row, width - len(prompt):] = prompt
+            mask[row, width - len(prompt):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        return out.logits[:, -1, :], self._cache_of(out), mask, positions[:, -1]
+
+    def _row_params(self, phase: torch.Tensor, params: SamplingParams) -> dict[str, torch.Tensor]:
+        speech = phase == SPEECH
+        out = {}
+        for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+                     "presence_penalty", "frequency_penalty"):
+            dtype = torch.int64 if name == "top_k" else torch.float32
+            text_value = torch.tensor(getattr(params.text, name), dtype=dtype, device=phase.device)
+            speech_value = torch.tensor(getattr(params.speech, name), dtype=dtype, device=phase.device)
+            out[name] = torch.where(speech, speech_value, text_value).contiguous()
+        return out
+
+    @torch.no_grad()
+    def generate(self, prompts, n: int = 1, params: SamplingParams | None = None) -> Rollout:
+        """prompts: list of 1-D id sequences (lists or tensors). Returns a Rollout of len(prompts) * n rows."""
+        params = params or SamplingParams()
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        prompts = [torch.as_tensor(p, dtype=torch.int64).flatten().cpu() for p in prompts]
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("prompts must be a non-empty list of non-empty id sequences")
+        vocab = self.spec.vocab_size
+        for index, p in enumerate(prompts):
+            if int(p.min()) < 0 or int(p.max()) >= vocab:
+                raise ValueError(f"prompt {index} holds ids outside [0, {vocab})")
+
+        start = time.perf_counter()
+        logits, cache, mask, last_position = self._prefill(prompts)
+        prefill_seconds = time.perf_counter() - start
+
+        # Share each prompt's cache with its n samples (no re-encoding).
+        rows = len(prompts) * n
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+            logits = logits.repeat_interleave(n, dim=0)
+            mask = mask.repeat_interleave(n, dim=0)
+            last_position = last_position.repeat_interleave(n, dim=0)
+        device = self.device
+        state = InterleaveState(self.spec, rows, max_text=params.max_text_tokens,
+                                max_speech=params.max_speech_tokens, max_total=params.max_new_tokens,
+                                device=device)
+        live = torch.arange(rows, device=device)  # original row of each live batch row
+        out_ids = torch.full((rows, params.max_new_tokens), self.pad_id, dtype=torch.int64)
+        out_lp = torch.zeros((rows, params.max_new_tokens), dtype=torch.float32)
+        out_raw = torch.zeros((rows, params.max_new_tokens), dtype=torch.float32)
+        lengths = torch.zeros(rows, dtype=torch.int64)
+        reasons = ["length"] * rows
+        history = torch.full((rows, 0), -1, dtype=torch.int64, device=device)
+
+        for step in range(params.max_new_tokens):
+            sample = ops.sample_tokens(
+                logits.float().contiguous(), **self._row_params(state.phase, params),
+                history=history if history.shape[1] else None,
+                allowed_ranges=state.allowed_ranges(), seed=params.seed,
+                offsets=live * _STEP_STRIDE + step,
+            )
+            state.advance(sample.ids)
+            cpu_rows = live.cpu()
+            out_ids[cpu_rows, step] = sample.ids.cpu()
+            out_lp[cpu_rows, step] = sample.logprobs.cpu()
+            out_raw[cpu_rows, step] = sample.raw_logprobs.cpu()
+            lengths[cpu_rows] += 1
+            history = torch.cat([history, sample.ids[:, None]], dim=1)
+            finished = state.finished
+            for local, reason in zip(torch.nonzero(finished).flatten().tolist(),
+                                     [FINISH_NAMES[int(r)] for r in state.state["finish_reason"][finished].tolist()]):
+                reasons[int(cpu_rows[local])] = reason
+            keep = torch.nonzero(~finished).flatten()
+            if keep.numel() == 0:
+                break
+            if keep.numel() < live.numel():  # compaction: finished rows leave the batch
+                cache.batch_select_indices(keep)
+                state.select(keep)
+                live, mask, last_position, history = live[keep], mask[keep], last_position[keep], history[keep]
+                next_ids = sample.ids[keep]
+            else:
+                next_ids = sample.ids
+            if step + 1 == params.max_new_tokens:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            last_position = last_position + 1
+            out = self.model(input_ids=next_ids[:, None], attention_mask=mask,
+                             position_ids=last_position[:, None], use_cache=True,
+                             **{self._cache_arg: cache})
+            logits, cache = out.logits[:, -1, :], self._cache_of(out)
+
+        width = int(lengths.max()) if rows else 0
+        ids = out_ids[:, :width]
+        positions = torch.arange(width)[None, :]
+        response = positions < lengths[:, None]
+        token_types = self.spec.token_types(torch.where(response, ids, torch.zeros_like(ids)), response)
+        return Rollout(
+            prompt_ids=prompts,
+            prompt_index=torch.arange(len(prompts)).repeat_interleave(n),
+            ids=ids, lengths=lengths, token_types=token_types,
+            logprobs=out_lp[:, :width], raw_logprobs=out_raw[:, :width],
+            finish_reasons=reasons,
+            timings={"prefill_s": prefill_seconds, "total_s": time.perf_counter() - start},
+        )
