@@ -102,3 +102,20 @@ def test_bad_prompts():
         engine.generate([[]])
     with pytest.raises(ValueError, match="n must be >= 1"):
         engine.generate([[5]], n=0)
+
+
+def test_first_token_frequencies_match_processed_distribution():
+    from helpers import assert_matches_distribution
+    from wavalign.reference import processed_distribution
+    from wavalign.rollout.interleave import InterleaveState
+
+    model, spec = tiny_model("qwen2"), make_spec()
+    prompt = [5, 6, 7]
+    text = ModalitySampling(temperature=0.5, top_p=0.9)
+    params = SamplingParams(text=text, max_new_tokens=1, seed=5)
+    rollout = RolloutEngine(model, spec).generate([prompt], n=6000, params=params)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt])).logits[:, -1, :].float()
+    allowed = InterleaveState(spec, 1).allowed_ranges()  # a fresh row's set, as the engine uses it
+    probs = processed_distribution(logits, temperature=0.5, top_p=0.9, allowed_ranges=allowed)[0]
+    assert_matches_distribution(rollout.ids[:, 0], probs)
