@@ -54,3 +54,14 @@ def test_logprobs_benchmark_small_run_prints_result():
     assert proc.returncode == 0, proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
     assert re.match(r"RESULT mem_ratio=\d+\.\d+ time_ratio=\d+\.\d+", last), last
+
+
+@pytest.mark.slow
+def test_rollout_benchmark_small_run_prints_result():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_rollout.py"), "--prompts", "2", "--samples", "2",
+         "--new-tokens", "6", "--vocab", "256", "--hidden", "32"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert re.match(r"RESULT ratio=\d+\.\d+ ratio_hf_batched=", proc.stdout.strip().splitlines()[-1])
