@@ -298,9 +298,15 @@ class ModalitySpec:
             token_id = getattr(tokenizer, f"{name}_token_id", None)
             if token_id is not None:
                 specials[name] = int(token_id)
+        beyond = [i for i in speech_ids if i >= size]
+        if beyond:
+            raise ValueError(f"{len(beyond)} speech tokens have ids >= vocab_size {size} (e.g. {beyond[0]}); "
+                             f"the model's embedding is smaller than the tokenizer")
         speech_set = set(speech_ids)
-        text_ids = [i for i in range(len(tokenizer)) if i not in speech_set and i not in specials.values()]
-        text_ids += [specials[n] for n in ("eos", "bos", "pad") if n in specials]
+        # Ids the model cannot emit (tokenizer entries beyond its embedding) belong to no modality.
+        text_ids = [i for i in range(min(len(tokenizer), size))
+                    if i not in speech_set and i not in specials.values()]
+        text_ids += [specials[n] for n in ("eos", "bos", "pad") if n in specials and specials[n] < size]
         return cls(
             vocab_size=size,
             text_ranges=ids_to_ranges(text_ids),
