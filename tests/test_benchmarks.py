@@ -65,3 +65,11 @@ def test_rollout_benchmark_small_run_prints_result():
     )
     assert proc.returncode == 0, proc.stderr
     assert re.match(r"RESULT ratio=\d+\.\d+ ratio_hf_batched=", proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_judge_benchmark_quick_prints_result():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_judge.py"), "--requests", "8",
+                           "--latency", "0.01"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert re.match(r"RESULT ratio=\d+\.\d+ serial_s=", proc.stdout.strip().splitlines()[-1])

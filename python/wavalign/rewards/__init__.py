@@ -1,5 +1,6 @@
-"""Rewards: the RewardFn convention, composition, and (later) audio judge clients."""
+"""Rewards: the RewardFn convention, composition, and audio judge clients."""
 
 from wavalign.rewards.base import CompositeReward, Completion, RewardFn, score_batch
+from wavalign.rewards.http_judge import HttpJudge, JudgeConfig
 
-__all__ = ["CompositeReward", "Completion", "RewardFn", "score_batch"]
+__all__ = ["CompositeReward", "Completion", "HttpJudge", "JudgeConfig", "RewardFn", "score_batch"]
