@@ -1,0 +1,53 @@
+"""HFClassifierReward: a local transformers sequence classifier as a reward on the text channel.
+
+score = score_min + (score_max - score_min) * P(label | text), so a classifier of "good
+answer" vs "bad answer" becomes a 1-5 reward. Loads from a local directory only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+class HFClassifierReward:
+    def __init__(self, model, tokenizer=None, *, label: int | str = 1, score_min: float = 1.0,
+                 score_max: float = 5.0, batch_size: int = 32, max_length: int = 512):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if isinstance(model, (str, Path)):
+            path = Path(model)
+            if not path.is_dir():
+                raise FileNotFoundError(f"classifier directory not found: {path}")
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, local_files_only=True)
+            model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
+        if tokenizer is None:
+            raise ValueError("pass the tokenizer together with a model object")
+        if isinstance(label, str):
+            mapping = {name: index for index, name in model.config.id2label.items()}
+            if label not in mapping:
+                raise ValueError(f"label {label!r} not in the classifier's labels {sorted(mapping)}")
+            label = mapping[label]
+        if not 0 <= label < model.config.num_labels:
+            raise ValueError(f"label index {label} outside [0, {model.config.num_labels})")
+        if not score_max > score_min:
+            raise ValueError("score_max must be greater than score_min")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.label, self.score_min, self.score_max = label, score_min, score_max
+        self.batch_size, self.max_length = batch_size, max_length
+        self.__name__ = "hf_classifier_reward"
+
+    @torch.no_grad()
+    def __call__(self, prompts, completions, **columns) -> list[float | None]:
+        texts = [c.text for c in completions]
+        scores: list[float | None] = []
+        device = next(self.model.parameters()).device
+        for start in range(0, len(texts), self.batch_size):
+            batch = texts[start: start + self.batch_size]
+            encoded = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
+                                     return_tensors="pt").to(device)
+            probs = torch.softmax(self.model(**encoded).logits.float(), dim=-1)[:, self.label]
+            values = self.score_min + (self.score_max - self.score_min) * probs
+            scores.extend(None if not text else float(v) for text, v in zip(batch, values.tolist()))
+        return scores
