@@ -97,6 +97,8 @@ def test_pg_bad_input():
         policy_gradient_loss(logp_tensor(), torch.zeros(2), TYPES, normalization="mean")
     with pytest.raises(ValueError, match=r"token_types must have shape \[2, 5\]"):
         policy_gradient_loss(logp_tensor(), torch.zeros(2), TYPES[:, :3])
+    with pytest.raises(ValueError, match="a KL beta > 0 needs ref_logprobs"):
+        policy_gradient_loss(logp_tensor(), torch.zeros(2), TYPES, kl_beta_text=0.1)
 
 
 def test_sft_token_mean_sequence_mean_and_scopes():
@@ -195,3 +197,17 @@ def test_docstring_recipe_runs_end_to_end():
     loss.backward()
     assert head.weight.grad is not None and torch.isfinite(head.weight.grad).all()
     assert 0 < mix["lambda"] < 0.8
+
+
+def test_infinite_logprobs_at_padding_never_reach_loss_or_gradient():
+    inf = float("-inf")
+    logp = torch.tensor([[inf, -0.5, -1.0, inf]], requires_grad=True)
+    types = torch.tensor([[-1, 0, 1, -1]], dtype=torch.int8)
+    rl, _ = policy_gradient_loss(logp, torch.tensor([1.0]), types, scope="text",
+                                 old_logprobs=logp.detach(), ref_logprobs=logp.detach(), kl_beta_speech=0.1)
+    sft, _ = sft_loss(logp, types)
+    dpo, _ = dpo_loss(logp, logp, logp.detach(), logp.detach(), types, types, scope="all")
+    total = rl + sft + dpo
+    assert torch.isfinite(total)
+    total.backward()
+    assert torch.isfinite(logp.grad).all() and logp.grad[0, 0] == 0 and logp.grad[0, 3] == 0

@@ -69,6 +69,12 @@ def _same_shape(reference: torch.Tensor, **tensors) -> None:
             raise ValueError(f"{name} must have shape {list(reference.shape)}, got {list(tensor.shape)}")
 
 
+def _masked(logprobs: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    # Positions outside `keep` become 0 BEFORE any arithmetic, so -inf / NaN log-probs at
+    # padding can never reach the loss or a gradient (0 * -inf would be NaN).
+    return torch.where(keep, logprobs.float(), torch.zeros((), dtype=torch.float32, device=logprobs.device))
+
+
 def _zero_with_grad(*tensors: torch.Tensor) -> torch.Tensor:
     # A zero that still connects to the graph, so backward() works on an all-skipped batch.
     return sum(t.sum() * 0.0 for t in tensors)
@@ -117,12 +123,21 @@ def policy_gradient_loss(
         raise ValueError(f"advantages must have shape [{logprobs.shape[0]}], got {list(advantages.shape)}")
     if not bool(torch.isfinite(advantages).all()):
         raise ValueError("advantages must be finite (missing rewards get advantage 0 in ops.group_stats)")
+    if (kl_beta_text > 0 or kl_beta_speech > 0) and ref_logprobs is None:
+        raise ValueError("a KL beta > 0 needs ref_logprobs (the reference policy's log-probs)")
+    if kl_beta_text < 0 or kl_beta_speech < 0:
+        raise ValueError(f"KL betas must be >= 0, got text {kl_beta_text}, speech {kl_beta_speech}")
     if normalization == "constant" and not (constant_normalizer and constant_normalizer > 0):
         raise ValueError("normalization='constant' needs constant_normalizer > 0 (e.g. N * max response length)")
     weights = token_weights(token_types, scope, type_weights)  # [N, T]
     empty = _empty_rows(weights, empty_scope, "policy_gradient_loss")
     adv = advantages.detach().float().unsqueeze(1)  # [N, 1]
-    logprobs = logprobs.float()
+    responses = token_types >= 0
+    logprobs = _masked(logprobs, responses)
+    if old_logprobs is not None:
+        old_logprobs = _masked(old_logprobs, responses)
+    if ref_logprobs is not None:
+        ref_logprobs = _masked(ref_logprobs, responses)
 
     stats: dict[str, float] = {}
     if old_logprobs is None:
@@ -142,7 +157,6 @@ def policy_gradient_loss(
         k3 = torch.exp(delta) - delta - 1.0  # >= 0, unbiased for KL(pi || ref)
         beta = torch.tensor((0.0, kl_beta_text, kl_beta_speech), device=logprobs.device)[token_types.long() + 1]
         token_loss = token_loss + beta * k3
-        responses = token_types >= 0
         stats["kl_mean"] = float(k3.detach()[responses].mean()) if bool(responses.any()) else 0.0
         kl_weights = (beta > 0).float()
     else:
@@ -188,7 +202,7 @@ def sft_loss(
     _same_shape(logprobs, token_types=token_types)
     weights = token_weights(token_types, scope, type_weights)
     empty = _empty_rows(weights, empty_scope, "sft_loss")
-    nll = -logprobs.float()
+    nll = -_masked(logprobs, token_types >= 0)
     if float(weights.sum()) == 0.0:
         loss = _zero_with_grad(logprobs)
     elif normalization == "token_mean":
@@ -237,6 +251,8 @@ def dpo_loss(
         raise ValueError(f"beta must be > 0, got {beta}")
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    if label_smoothing and loss_type == "ipo":
+        raise ValueError("label_smoothing applies to the sigmoid loss only, not ipo")
     _same_shape(policy_chosen, ref_chosen=ref_chosen, chosen_types=chosen_types)
     _same_shape(policy_rejected, ref_rejected=ref_rejected, rejected_types=rejected_types)
     if policy_chosen.shape[0] != policy_rejected.shape[0]:
@@ -249,7 +265,7 @@ def dpo_loss(
     used = ~skipped
 
     def summed(logp, w):
-        return (logp.float() * w).sum(dim=1)
+        return (_masked(logp, w > 0) * w).sum(dim=1)
 
     chosen_logratio = summed(policy_chosen, w_chosen) - summed(ref_chosen, w_chosen).detach()
     rejected_logratio = summed(policy_rejected, w_rejected) - summed(ref_rejected, w_rejected).detach()
