@@ -102,10 +102,7 @@ def sample_tokens(
         layout; ValueError naming the first bad row for NaN/+inf logits, an empty allowed
         set, an allowed set with no finite logit, out-of-range ids or invalid parameters.
     """
-    if isinstance(logits, np.ndarray):
-        logits = torch.from_numpy(logits)  # zero-copy; results come back as torch tensors
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"logits must be a torch.Tensor or numpy array, got {type(logits).__name__}")
+    logits = _as_tensor(logits, "logits")  # numpy: zero-copy; results come back as torch tensors
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape [N, V], got {list(logits.shape)}")
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < _MAX_SEED:

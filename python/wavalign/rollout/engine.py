@@ -17,7 +17,7 @@ import torch
 
 from wavalign import ops
 from wavalign.modality import SPEECH, ModalitySpec
-from wavalign.rollout.interleave import FINISH_NAMES, InterleaveState
+from wavalign.rollout.interleave import InterleaveState
 
 _STEP_STRIDE = 1 << 20  # offsets: sample_id * stride + step -> one Philox stream per sample
 
@@ -95,16 +95,23 @@ class RolloutEngine:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         return out.logits[:, -1, :], self._cache_of(out), mask, positions[:, -1]
 
-    def _row_params(self, phase: torch.Tensor, params: SamplingParams) -> dict[str, torch.Tensor]:
-        speech = phase == SPEECH
-        out = {}
+    @staticmethod
+    def _param_pairs(params: SamplingParams, device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """name -> (text value, speech value) as 0-dim tensors, built once per generate()."""
+        pairs = {}
         for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                      "presence_penalty", "frequency_penalty"):
             dtype = torch.int64 if name == "top_k" else torch.float32
-            text_value = torch.tensor(getattr(params.text, name), dtype=dtype, device=phase.device)
-            speech_value = torch.tensor(getattr(params.speech, name), dtype=dtype, device=phase.device)
-            out[name] = torch.where(speech, speech_value, text_value).contiguous()
-        return out
+            pairs[name] = (torch.tensor(getattr(params.text, name), dtype=dtype, device=device),
+                           torch.tensor(getattr(params.speech, name), dtype=dtype, device=device))
+        return pairs
+
+    @staticmethod
+    def _row_params(phase: torch.Tensor, pairs) -> dict[str, torch.Tensor]:
+        """Per-row sampling parameters [N] chosen by each row's phase."""
+        speech = phase == SPEECH
+        return {name: torch.where(speech, speech_value, text_value)
+                for name, (text_value, speech_value) in pairs.items()}
 
     @torch.no_grad()
     def generate(self, prompts, n: int = 1, params: SamplingParams | None = None) -> Rollout:
@@ -142,10 +149,11 @@ class RolloutEngine:
         lengths = torch.zeros(rows, dtype=torch.int64)
         reasons = ["length"] * rows
         history = torch.full((rows, 0), -1, dtype=torch.int64, device=device)
+        param_pairs = self._param_pairs(params, device)
 
         for step in range(params.max_new_tokens):
             sample = ops.sample_tokens(
-                logits.float().contiguous(), **self._row_params(state.phase, params),
+                logits.float().contiguous(), **self._row_params(state.phase, param_pairs),
                 history=history if history.shape[1] else None,
                 allowed_ranges=state.allowed_ranges(), seed=params.seed,
                 offsets=live * _STEP_STRIDE + step,
@@ -158,9 +166,10 @@ class RolloutEngine:
             lengths[cpu_rows] += 1
             history = torch.cat([history, sample.ids[:, None]], dim=1)
             finished = state.finished
-            for local, reason in zip(torch.nonzero(finished).flatten().tolist(),
-                                     [FINISH_NAMES[int(r)] for r in state.state["finish_reason"][finished].tolist()]):
-                reasons[int(cpu_rows[local])] = reason
+            if bool(finished.any()):  # only rows that finished this step: earlier ones left
+                names = state.finish_reasons()
+                for local in torch.nonzero(finished).flatten().tolist():
+                    reasons[int(cpu_rows[local])] = names[local]
             keep = torch.nonzero(~finished).flatten()
             if keep.numel() == 0:
                 break
