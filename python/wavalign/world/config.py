@@ -1,0 +1,116 @@
+"""WorldConfig: every knob of the built-in world, its hash (the cache key) and the cache root."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+# Bump when code changes what a build produces, so old caches are not reused.
+WORLD_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class JudgeNoise:
+    """A judge's error model: score = clip(round(exact + bias + N(0, noise_std)), 1, 5);
+    with probability failure_rate the call fails and returns None (counted, never invented)."""
+
+    noise_std: float
+    bias: float = 0.0
+    failure_rate: float = 0.0
+
+    def __post_init__(self):
+        if self.noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+        if not 0 <= self.failure_rate < 1:
+            raise ValueError(f"failure_rate must be in [0, 1), got {self.failure_rate}")
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    seed: int = 0
+    max_questions: int | None = None  # None: all 240 questions; fewer for a fast world
+    dev_fraction: float = 0.08
+    test_fraction: float = 0.12
+    # long-tail styles: fraction of their training pairs kept (the SFT policy sees them rarely)
+    rare_styles: dict = field(default_factory=lambda: {"excited": 0.15, "calm": 0.15})
+    n_units: int = 256  # speech unit vocabulary (k-means clusters)
+    text_vocab_size: int = 250
+    schedule: dict = field(default_factory=lambda: {"kind": "sequential"})
+    # policy (tiny Llama) and its SFT
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 384
+    sft_steps: int = 240
+    sft_batch_size: int = 32
+    sft_lr: float = 3e-3
+    # judges: the acoustic judge is much noisier than the semantic one (as real audio judges are)
+    semantic_judge: JudgeNoise = JudgeNoise(noise_std=0.35)
+    acoustic_judge: JudgeNoise = JudgeNoise(noise_std=1.2, bias=0.4)
+
+    def __post_init__(self):
+        if self.max_questions is not None and self.max_questions < 4:
+            raise ValueError(f"max_questions must be None or >= 4, got {self.max_questions}")
+        if self.n_units < 8:
+            raise ValueError(f"n_units must be >= 8, got {self.n_units}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        for name in ("sft_steps", "sft_batch_size", "num_layers", "text_vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("semantic_judge", "acoustic_judge"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                object.__setattr__(self, name, JudgeNoise(**value))
+
+    @classmethod
+    def fast(cls, **overrides) -> "WorldConfig":
+        """A world that builds in seconds, for tests: 24 questions, 128 units, a smaller policy."""
+        base = dict(max_questions=24, dev_fraction=0.15, test_fraction=0.2, n_units=128, text_vocab_size=200,
+                    hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, sft_steps=30,
+                    sft_batch_size=16, rare_styles={})
+        return cls(**{**base, **overrides})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "WorldConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown world config fields {sorted(unknown)}; allowed: {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "WorldConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"world config not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of WorldConfig fields")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from error
+
+    def digest(self) -> str:
+        """Cache key: a hash of every field and the build format."""
+        payload = json.dumps({"format": WORLD_FORMAT, **self.to_dict()}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    """$WAVALIGN_CACHE, else ~/.cache/wavalign."""
+    root = os.environ.get("WAVALIGN_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "wavalign"
+
+
+def world_dir(config: WorldConfig) -> Path:
+    return cache_root() / "world" / config.digest()

@@ -1,0 +1,70 @@
+"""The world's judges, as reward functions (wavalign.rewards convention).
+
+Both score 1-5 and estimate an exact quantity of metrics.py with an error model
+(config.JudgeNoise): the **semantic judge** estimates correctness + text/speech agreement and
+is fairly reliable; the **acoustic judge** estimates the style score (EQ) and is much less
+reliable, as the paper reports for real audio judges. A failed call returns None and is
+counted in `failures` and logged; it is never replaced by a made-up score.
+Their Spearman correlation with the exact quantities is measured at build time (report.json).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Sequence
+
+from wavalign.rewards.base import Completion
+from wavalign.world.config import JudgeNoise
+from wavalign.world.metrics import Assessment, WorldScorer
+
+log = logging.getLogger(__name__)
+
+
+class _WorldJudge:
+    name = "judge"
+
+    def __init__(self, scorer: WorldScorer, noise: JudgeNoise, seed: int = 0):
+        self.scorer = scorer
+        self.noise = noise
+        self.rng = random.Random(f"{self.name}:{seed}")
+        self.calls = 0
+        self.failures = 0
+
+    @property
+    def __name__(self) -> str:
+        return self.name
+
+    def exact(self, assessment: Assessment) -> float:
+        raise NotImplementedError
+
+    def judge(self, assessment: Assessment) -> float | None:
+        self.calls += 1
+        if self.noise.failure_rate and self.rng.random() < self.noise.failure_rate:
+            self.failures += 1
+            log.warning("%s: call failed (%d of %d so far); no score", self.name, self.failures, self.calls)
+            return None
+        value = self.exact(assessment) + self.noise.bias + self.rng.gauss(0.0, self.noise.noise_std)
+        return float(min(5, max(1, round(value))))
+
+    def __call__(self, prompts: Sequence, completions: Sequence[Completion], *, answer: Sequence[str],
+                 style: Sequence[str], **_columns) -> list[float | None]:
+        if not (len(completions) == len(answer) == len(style)):
+            raise ValueError(f"{self.name}: {len(completions)} completions but {len(answer)} answers and "
+                             f"{len(style)} styles")
+        return [self.judge(self.scorer.assess(c.text, c.speech_units, a, s))
+                for c, a, s in zip(completions, answer, style)]
+
+
+class SemanticJudge(_WorldJudge):
+    name = "semantic_judge"
+
+    def exact(self, assessment: Assessment) -> float:
+        return assessment.semantic_score
+
+
+class AcousticJudge(_WorldJudge):
+    name = "acoustic_judge"
+
+    def exact(self, assessment: Assessment) -> float:
+        return assessment.eq

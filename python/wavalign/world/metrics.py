@@ -1,0 +1,130 @@
+"""Exact, noise-free metrics of the world (what evaluation reports):
+
+- **IQ**: the text channel answers correctly — its last word equals the gold answer (%).
+- **EQ**: style score 1-5 of the spoken channel, 1 + 4 * P(requested style) from the style
+  meter on the detokenised audio; a response with no speech scores 1.
+- **consistency**: WER between the text channel and the recognised speech (lower is better;
+  1.0 when there is no speech).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from wavalign.world.recognizer import Recognizer
+from wavalign.world.style_meter import StyleMeter
+from wavalign.world.units import UnitTokenizer
+
+MIN_SPEECH_UNITS = 3  # fewer units than this is not an utterance
+
+
+def normalize(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9 ]+", " ", text.lower()).split()
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """Levenshtein distance over words / reference length (hypothesis length if reference is empty)."""
+    ref, hyp = normalize(reference), normalize(hypothesis)
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    previous = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        current = [i]
+        for j, h in enumerate(hyp, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
+        previous = current
+    return previous[-1] / len(ref)
+
+
+def answer_correct(text: str, answer: str) -> bool:
+    words = normalize(text)
+    return bool(words) and words[-1] == answer.lower()
+
+
+@dataclass
+class Assessment:
+    correct: bool  # IQ term
+    eq: float  # 1-5
+    wer: float  # text channel vs recognised speech
+    recognized: str
+    style_probabilities: dict[str, float]
+
+    @property
+    def semantic_score(self) -> float:
+        """The exact 1-5 quantity the semantic judge estimates: correctness plus agreement."""
+        return 1.0 + 2.0 * self.correct + 2.0 * (1.0 - min(self.wer, 1.0))
+
+
+class WorldScorer:
+    """Listens to responses: detokenise units, recognise, measure style."""
+
+    def __init__(self, units: UnitTokenizer, recognizer: Recognizer, meter: StyleMeter, cache_size: int = 4096):
+        self.units, self.recognizer, self.meter = units, recognizer, meter
+        # Both judges (and evaluation) listen to the same response; listen once.
+        self._cache: dict[tuple, Assessment] = {}
+        self._cache_size = cache_size
+
+    def wave(self, speech_units: Sequence[int]) -> torch.Tensor:
+        return self.units.decode(list(speech_units))
+
+    def assess(self, text: str, speech_units: Sequence[int], answer: str, style: str) -> Assessment:
+        key = (text, tuple(int(u) for u in speech_units), answer, style)
+        if key not in self._cache:
+            if len(self._cache) >= self._cache_size:
+                self._cache.clear()
+            self._cache[key] = self._assess(text, key[1], answer, style)
+        return self._cache[key]
+
+    def _assess(self, text: str, speech_units: Sequence[int], answer: str, style: str) -> Assessment:
+        if style not in self.meter.styles:
+            raise ValueError(f"unknown style {style!r}; the world has {self.meter.styles}")
+        correct = answer_correct(text, answer)
+        if len(speech_units) < MIN_SPEECH_UNITS:
+            return Assessment(correct, 1.0, 1.0, "", {s: math.nan for s in self.meter.styles})
+        from wavalign.world.style_meter import measure
+
+        wave = self.wave(speech_units)
+        heard = self.recognizer.recognize(wave).text
+        probabilities = self.meter.probabilities(measure(wave, heard))
+        return Assessment(correct, 1.0 + 4.0 * probabilities[style], word_error_rate(text, heard), heard,
+                          probabilities)
+
+
+def summarize(assessments: Sequence[Assessment]) -> dict[str, float]:
+    n = len(assessments)
+    if n == 0:
+        raise ValueError("nothing to summarise")
+    return {"IQ": 100.0 * sum(a.correct for a in assessments) / n,
+            "EQ": sum(a.eq for a in assessments) / n,
+            "WER": sum(a.wer for a in assessments) / n,
+            "n": n}
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation with average ranks for ties (NaN pairs dropped)."""
+    pairs = [(a, b) for a, b in zip(x, y) if not (math.isnan(a) or math.isnan(b))]
+    if len(pairs) < 3:
+        return math.nan
+
+    def ranks(values):
+        order = sorted(range(len(values)), key=values.__getitem__)
+        out = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2.0
+            i = j + 1
+        return torch.tensor(out, dtype=torch.float64)
+
+    rx, ry = ranks([a for a, _ in pairs]), ranks([b for _, b in pairs])
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = float(rx.norm() * ry.norm())
+    return math.nan if denominator == 0 else float((rx * ry).sum()) / denominator

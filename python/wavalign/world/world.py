@@ -1,0 +1,105 @@
+"""A built world on disk, loaded: its data, policy, tokenizer, ModalitySpec, scorer and judges."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from wavalign.data import read_jsonl
+from wavalign.modality import ModalitySpec
+from wavalign.world.config import WorldConfig
+from wavalign.world.judges import AcousticJudge, SemanticJudge
+from wavalign.world.metrics import Assessment, WorldScorer, summarize
+from wavalign.world.recognizer import Recognizer
+from wavalign.world.style_meter import StyleMeter
+from wavalign.world.units import UnitTokenizer
+
+SPLITS = ("train", "dev", "test")
+
+
+class World:
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        if not (path / "world.json").is_file():
+            raise FileNotFoundError(f"{path} is not a built world (no world.json); run: python -m wavalign.world build")
+        self.path = path
+        self.manifest = json.loads((path / "world.json").read_text())
+        self.config = WorldConfig.from_yaml(path / "config.yaml")
+        self.policy_path = path / "policy"
+        self.spec = ModalitySpec.from_yaml(self.policy_path / "modality.yaml")
+        self._tokenizer = None
+        self._scorer = None
+
+    # ------------------------------------------------------------------ data
+    def examples(self, split: str) -> list[dict]:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        return [record for _, record in read_jsonl(self.path / "data" / f"{split}.jsonl")]
+
+    @property
+    def report(self) -> dict:
+        return json.loads((self.path / "report.json").read_text())
+
+    # ------------------------------------------------------------------ models
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.policy_path))
+        return self._tokenizer
+
+    @property
+    def format(self):
+        from wavalign.world.policy import ChatFormat
+
+        return ChatFormat(self.tokenizer, self.spec)
+
+    def load_policy(self, dtype=torch.float32):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(str(self.policy_path), dtype=dtype).eval()
+
+    @property
+    def scorer(self) -> WorldScorer:
+        if self._scorer is None:
+            self._scorer = WorldScorer(UnitTokenizer.load(self.path / "units.safetensors"),
+                                       Recognizer.load(self.path / "recognizer.safetensors"),
+                                       StyleMeter.load(self.path / "style_meter.json"))
+        return self._scorer
+
+    def judges(self, seed: int = 0) -> dict:
+        """{'semantic_judge': RewardFn, 'acoustic_judge': RewardFn} with the config's noise."""
+        return {"semantic_judge": SemanticJudge(self.scorer, self.config.semantic_judge, seed),
+                "acoustic_judge": AcousticJudge(self.scorer, self.config.acoustic_judge, seed)}
+
+    # ------------------------------------------------------------------ evaluation
+    def generate(self, model, examples: Sequence[dict], *, n: int = 1, temperature: float = 0.0, seed: int = 0,
+                 max_new_tokens: int = 160):
+        """Rollouts of `model` on the examples' text prompts. -> (Rollout, [(text, units)] per row)."""
+        from wavalign.rollout.engine import ModalitySampling, RolloutEngine, SamplingParams
+
+        sampling = ModalitySampling(temperature=temperature)
+        params = SamplingParams(text=sampling, speech=sampling, max_new_tokens=max_new_tokens, seed=seed)
+        rollout = RolloutEngine(model, self.spec, pad_id=self.tokenizer.pad_token_id).generate(
+            [e["prompt_ids"] for e in examples], n=n, params=params)
+        fmt = self.format
+        channels = [fmt.split(row[:length].tolist()) for row, length in zip(rollout.ids, rollout.lengths)]
+        return rollout, channels
+
+    def evaluate(self, model, split: str = "test", *, temperature: float = 0.0, n: int = 1, seed: int = 0,
+                 limit: int | None = None) -> tuple[dict, list[Assessment]]:
+        """Exact IQ / EQ / WER of `model` on a split. -> (summary, per-row assessments)."""
+        examples = self.examples(split)[:limit]
+        _, channels = self.generate(model, examples, n=n, temperature=temperature, seed=seed)
+        assessments = [self.scorer.assess(text, units, examples[row // n]["answer"], examples[row // n]["style"])
+                       for row, (text, units) in enumerate(channels)]
+        return summarize(assessments), assessments
+
+    def evaluate_gold(self, split: str = "test") -> dict:
+        return summarize([self.scorer.assess(e["response_text"], e["response_units"], e["answer"], e["style"])
+                          for e in self.examples(split)])
