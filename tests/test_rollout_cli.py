@@ -67,5 +67,7 @@ def test_cli_errors_are_clear(model_dir, tmp_path):
     empty_prompt.write_text(json.dumps({"text": "hi"}) + "\n")
     proc = run_cli("--model", model_dir, "--prompts", empty_prompt, "--out", tmp_path / "o.jsonl")
     assert "empty.jsonl:1: a prompt line needs 'prompt_ids', 'messages' or 'prompt'" in proc.stderr
-    proc = run_cli()
-    assert proc.returncode == 2 and "pass --model DIR and --prompts" in proc.stderr
+    proc = run_cli("--model", model_dir)
+    assert proc.returncode == 2 and "pass both --model DIR and --prompts" in proc.stderr
+    proc = run_cli("--model", model_dir, "--prompts", empty_prompt, "--wav-dir", tmp_path / "w")
+    assert proc.returncode == 2 and "only the built-in world ships one" in proc.stderr

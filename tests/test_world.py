@@ -165,3 +165,18 @@ def test_cli_build_and_demo(fast_world, world_cache, tmp_path):
     bad.write_text("n_units: 2\n")
     failed = run("build", "--config", str(bad))
     assert failed.returncode == 2 and "n_units" in failed.stderr
+
+
+@pytest.mark.slow
+def test_rollout_cli_samples_the_world_by_default(fast_world, world_cache, tmp_path):
+    env = {**os.environ, "WAVALIGN_CACHE": str(world_cache), "HF_HUB_OFFLINE": "1"}
+    out, wavs = tmp_path / "r.jsonl", tmp_path / "wav"
+    proc = subprocess.run([sys.executable, "-m", "wavalign.rollout", "--world", "fast", "-n", "2", "--out", str(out),
+                           "--wav-dir", str(wavs), "--temperature", "0.8"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 2 * len(fast_world.examples("test"))
+    with_speech = [r for r in records if len(r["speech_units"]) >= 2]
+    assert len(list(wavs.glob("*.wav"))) == len(with_speech) > 0
+    assert all(0 <= u < fast_world.config.n_units for r in records for u in r["speech_units"])

@@ -223,3 +223,11 @@ def test_world_config_validation_and_digest(tmp_path):
     path.write_text("seed: 3\nacoustic_judge: {noise_std: 2.0}\n")
     config = WorldConfig.from_yaml(path)
     assert config.seed == 3 and config.acoustic_judge == JudgeNoise(noise_std=2.0)
+
+
+def test_world_preset_matches_the_default_world_tokenizer():
+    from wavalign.modality import load_preset
+    from wavalign.world.build import world_tokenizer
+
+    _, spec = world_tokenizer(WorldConfig())
+    assert load_preset("world") == spec

@@ -27,8 +27,13 @@ from wavalign.rollout.engine import ModalitySampling, RolloutEngine, SamplingPar
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m wavalign.rollout", description=__doc__.split("\n")[0])
-    p.add_argument("--model", help="local directory of a Hugging Face causal LM and its tokenizer")
+    p.add_argument("--model", help="local directory of a Hugging Face causal LM and its tokenizer "
+                   "(omit with --prompts to sample the built-in world's policy on its test prompts)")
     p.add_argument("--prompts", help="JSONL file of prompts")
+    p.add_argument("--world", choices=["default", "fast"], default="default",
+                   help="without --model/--prompts: which built-in world (built and cached on first use)")
+    p.add_argument("--wav-dir", help="also write each sample's speech as WAV (built-in world only: it ships "
+                   "the unit decoder)")
     p.add_argument("--out", default="rollouts.jsonl", help="output JSONL (default: rollouts.jsonl)")
     p.add_argument("-n", "--samples", type=int, default=4, help="samples per prompt, G (default 4)")
     p.add_argument("--batch-prompts", type=int, default=8, help="prompts per engine call (default 8)")
@@ -88,9 +93,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    if not args.model or not args.prompts:
-        print("python -m wavalign.rollout: pass --model DIR and --prompts FILE.jsonl. Sampling the "
-              "built-in world with no arguments arrives with the world (issue 4).", file=sys.stderr)
+    world = None
+    if bool(args.model) != bool(args.prompts):
+        print("python -m wavalign.rollout: pass both --model DIR and --prompts FILE.jsonl, or neither "
+              "(the built-in world)", file=sys.stderr)
+        return 2
+    if not args.model:
+        from wavalign.world import WorldConfig, load_world
+
+        world = load_world(WorldConfig.fast() if args.world == "fast" else WorldConfig())
+        args.model, args.prompts = str(world.policy_path), str(world.path / "data" / "test.jsonl")
+        args.modality = str(world.policy_path / "modality.yaml")
+        print(f"sampling the built-in world's policy on its test prompts ({world.path})")
+    elif args.wav_dir:
+        print("--wav-dir needs a speech-unit decoder; only the built-in world ships one", file=sys.stderr)
         return 2
     if args.samples < 1:
         print(f"-n/--samples must be >= 1, got {args.samples}", file=sys.stderr)
@@ -149,11 +165,22 @@ def _run(args) -> int:
                     "finish_reason": rollout.finish_reasons[row],
                 }
                 out.write(json.dumps(record) + "\n")
+                if world is not None and args.wav_dir:
+                    _write_world_wav(world, Path(args.wav_dir), written, record["speech_units"])
                 written += 1
             bar.update(rollout.ids.shape[0])
     tmp.replace(args.out)  # atomic: a crash never leaves a half-written output
     print(f"wrote {written} samples ({len(prompts)} prompts x {args.samples}) to {args.out}")
     return 0
+
+
+def _write_world_wav(world, directory: Path, index: int, units: list[int]) -> None:
+    from wavalign.world.__main__ import write_wav
+    from wavalign.world.audio import SAMPLE_RATE
+
+    directory.mkdir(parents=True, exist_ok=True)
+    if len(units) >= 2:  # a response with no speech has nothing to write
+        write_wav(directory / f"sample_{index:05d}.wav", world.scorer.wave(units), SAMPLE_RATE)
 
 
 if __name__ == "__main__":

@@ -93,11 +93,9 @@ def _build_into(out: Path, config: WorldConfig, progress: bool) -> None:
     StyleMeter.fit(measurements, [e.style for e in train]).save(out / "style_meter.json")
 
     # 5. tokenizer, spec, gold ids, SFT policy -------------------------------------------
-    from wavalign.world.policy import ChatFormat, SFTExample, build_model, modality_spec, sft, train_tokenizer
+    from wavalign.world.policy import ChatFormat, SFTExample, build_model, sft
 
-    texts = [e.prompt_text for e in examples] + [e.response for e in examples]
-    tokenizer = train_tokenizer(texts, config.text_vocab_size, config.n_units)
-    spec = modality_spec(tokenizer, Schedule(**config.schedule))
+    tokenizer, spec = world_tokenizer(config, examples)
     fmt = ChatFormat(tokenizer, spec)
     records = []
     for e in examples:
@@ -145,8 +143,21 @@ def _build_into(out: Path, config: WorldConfig, progress: bool) -> None:
     _say(f"built in {report['build_seconds']} s", progress)
 
 
+def world_tokenizer(config: WorldConfig, examples: list | None = None):
+    """The world policy's tokenizer and ModalitySpec (a function of the config's tasks only)."""
+    from wavalign.world.policy import modality_spec, train_tokenizer
+
+    if examples is None:
+        examples = tasks.make_splits(config.seed, config.dev_fraction, config.test_fraction,
+                                     max_questions=config.max_questions, rare_styles=config.rare_styles)
+    texts = [e.prompt_text for e in examples] + [e.response for e in examples]
+    tokenizer = train_tokenizer(texts, config.text_vocab_size, config.n_units)
+    return tokenizer, modality_spec(tokenizer, Schedule(**config.schedule))
+
+
 def _synthesize_chunk(jobs) -> list:
     # numpy, not tensors: torch shares tensors through the sending process, which exits here
+    torch.set_num_threads(1)  # one process per core; small FFTs do not gain from threads
     out = []
     for text, voice in jobs:
         f = audio.analyze(synthesize(text, voice))

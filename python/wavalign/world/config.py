@@ -46,7 +46,7 @@ class WorldConfig:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 384
-    sft_steps: int = 240
+    sft_steps: int = 270
     sft_batch_size: int = 32
     sft_lr: float = 3e-3
     # judges: the acoustic judge is much noisier than the semantic one (as real audio judges are)
