@@ -175,8 +175,7 @@ def _run(args) -> int:
 
 
 def _write_world_wav(world, directory: Path, index: int, units: list[int]) -> None:
-    from wavalign.world.__main__ import write_wav
-    from wavalign.world.audio import SAMPLE_RATE
+    from wavalign.world.audio import SAMPLE_RATE, write_wav
 
     directory.mkdir(parents=True, exist_ok=True)
     if len(units) >= 2:  # a response with no speech has nothing to write

@@ -39,23 +39,9 @@ def report_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_wav(path: Path, wave, sample_rate: int) -> None:
-    """16-bit mono PCM with the standard library (no audio backend needed)."""
-    import wave as wavefile
-
-    import numpy as np
-
-    pcm = (np.asarray(wave, dtype=np.float32).clip(-1, 1) * 32767).astype("<i2")
-    with wavefile.open(str(path), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(sample_rate)
-        handle.writeframes(pcm.tobytes())
-
-
 def demo(world, out: Path, count: int) -> str:
     from wavalign.world import tasks
-    from wavalign.world.audio import SAMPLE_RATE
+    from wavalign.world.audio import SAMPLE_RATE, write_wav
     from wavalign.world.espeak import synthesize
 
     out.mkdir(parents=True, exist_ok=True)

@@ -146,3 +146,15 @@ def vocode(log_mel: torch.Tensor, f0: torch.Tensor, voicing: torch.Tensor, seed:
     gain = torch.sqrt(target_power / source_power.clamp_min(1e-10)).T  # [F, T]
     wave = torch.istft(spectrum * gain, N_FFT, HOP, WINDOW, torch.hann_window(WINDOW), center=True, length=samples)
     return wave.clamp(-1.0, 1.0)
+
+
+def write_wav(path, wave, sample_rate: int = SAMPLE_RATE) -> None:
+    """16-bit mono PCM with the standard library (no audio backend needed)."""
+    import wave as wavefile
+
+    pcm = (np.asarray(wave, dtype=np.float32).clip(-1, 1) * 32767).astype("<i2")
+    with wavefile.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(sample_rate)
+        handle.writeframes(pcm.tobytes())

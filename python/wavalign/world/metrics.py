@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from wavalign.world.recognizer import Recognizer
-from wavalign.world.style_meter import StyleMeter
+from wavalign.world.style_meter import StyleMeter, measure
 from wavalign.world.units import UnitTokenizer
 
 MIN_SPEECH_UNITS = 3  # fewer units than this is not an utterance
@@ -86,8 +86,6 @@ class WorldScorer:
         correct = answer_correct(text, answer)
         if len(speech_units) < MIN_SPEECH_UNITS:
             return Assessment(correct, 1.0, 1.0, "", {s: math.nan for s in self.meter.styles})
-        from wavalign.world.style_meter import measure
-
         wave = self.wave(speech_units)
         heard = self.recognizer.recognize(wave).text
         probabilities = self.meter.probabilities(measure(wave, heard))

@@ -68,6 +68,7 @@ class ChatFormat:
         if spec.speech_ranges != ((self.unit_offset, self.unit_offset + n_units),):
             raise ValueError("the world's speech tokens must be one contiguous block starting at <|audio_0|>")
         self.n_units = n_units
+        self.special_ids = frozenset(tokenizer.all_special_ids)  # the property rebuilds a list per call
 
     def text_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
@@ -118,7 +119,7 @@ class ChatFormat:
             token = int(token)
             if self.unit_offset <= token < self.unit_offset + self.n_units:
                 units.append(token - self.unit_offset)
-            elif token not in self.tokenizer.all_special_ids:
+            elif token not in self.special_ids:
                 text_ids.append(token)
         return self.tokenizer.decode(text_ids).strip(), units
 

@@ -9,6 +9,7 @@ pairs, so every test prompt is absent from training.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from dataclasses import asdict, dataclass
@@ -143,8 +144,6 @@ def make_splits(seed: int, dev_fraction: float, test_fraction: float, styles=tup
 def example_voice(style: str, key: str) -> Voice:
     """The style's voice with a small per-example prosody jitter seeded by `key`, so gold
     utterances of one sentence differ from each other and from the recognizer's templates."""
-    import dataclasses
-
     base = STYLES[style]
     rng = random.Random(key)
     return dataclasses.replace(base, rate=round(base.rate * rng.uniform(0.95, 1.05)),
