@@ -19,3 +19,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def world_cache(tmp_path_factory):
+    """A private WAVALIGN_CACHE for the session, so tests never touch the user's cache."""
+    root = tmp_path_factory.mktemp("wavalign-cache")
+    previous = os.environ.get("WAVALIGN_CACHE")
+    os.environ["WAVALIGN_CACHE"] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop("WAVALIGN_CACHE")
+    else:
+        os.environ["WAVALIGN_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def fast_world(world_cache):
+    """The fast built-in world, built once per session (about 30 s)."""
+    from wavalign.world import World, WorldConfig, build_world
+
+    return World(build_world(WorldConfig.fast(), progress=False))

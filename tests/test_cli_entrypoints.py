@@ -15,8 +15,14 @@ def test_info_reports_build_and_gpu():
         assert key in proc.stdout
 
 
-def test_train_placeholder_says_so_and_checks_the_sampler():
-    proc = run("wavalign.train")
+def test_train_help_and_resolved_default_config():
+    proc = run("wavalign.train", "--help")
     assert proc.returncode == 0, proc.stderr
-    assert "NOT implemented yet" in proc.stdout
-    assert "all inside the speech range: True" in proc.stdout
+    for flag in ("--config", "--set", "--resume", "--fast", "hybrid", "grpo", "sft", "dpo"):
+        assert flag in proc.stdout
+    proc = run("wavalign.train", "--print-config", "--set", "optim.steps=7")
+    assert proc.returncode == 0, proc.stderr
+    import yaml
+
+    config = yaml.safe_load(proc.stdout)
+    assert config["mode"] == "hybrid" and config["optim"]["steps"] == 7 and config["data"]["source"] == "world"

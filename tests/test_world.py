@@ -17,23 +17,6 @@ from wavalign.world.policy import ChatFormat, audio_token, train_tokenizer
 FAST = WorldConfig.fast()
 
 
-@pytest.fixture(scope="session")
-def world_cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("wavalign-cache")
-    previous = os.environ.get("WAVALIGN_CACHE")
-    os.environ["WAVALIGN_CACHE"] = str(root)
-    yield root
-    if previous is None:
-        os.environ.pop("WAVALIGN_CACHE")
-    else:
-        os.environ["WAVALIGN_CACHE"] = previous
-
-
-@pytest.fixture(scope="session")
-def fast_world(world_cache):
-    return World(build_world(FAST, progress=False))
-
-
 def test_build_layout_and_cache_key(fast_world, world_cache):
     path = fast_world.path
     assert path == world_cache / "world" / FAST.digest()

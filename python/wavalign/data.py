@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Iterator
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yields (line_number, record) for each non-blank line; raises ValueError at file:line."""
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict | ValueError]]:
+    """Yields (line_number, record) for each non-blank line, or (line_number, ValueError naming
+    file:line) for a line that is not a JSON object, and goes on reading."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such JSONL file: {path}")
@@ -19,7 +20,17 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+                yield number, ValueError(f"{path}:{number}: not valid JSON ({error.msg})")
+                continue
             if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+                yield number, ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+                continue
             yield number, record
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Yields (line_number, record) for each non-blank line; raises ValueError at file:line."""
+    for number, record in iter_jsonl(path):
+        if isinstance(record, ValueError):
+            raise record
+        yield number, record

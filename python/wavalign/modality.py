@@ -203,6 +203,44 @@ class ModalitySpec:
             types = torch.where(response_mask.bool(), types, torch.full_like(types, NOT_RESPONSE))
         return types
 
+    # ------------------------------------------------------------------ layout
+    def layout_response(self, text_ids: Sequence[int], speech_ids: Sequence[int]) -> list[int]:
+        """A gold response (text ids, speech vocabulary ids) laid out by the schedule, ending
+        in end-of-audio and EOS, and checked token by token against the interleave state
+        machine's reference twin, so it is exactly a sequence the sampler could emit.
+
+        sequential / free: text, begin-of-audio, speech, end-of-audio, EOS.
+        chunked(n, m): n text, m speech, ... with end-of-text closing the text channel.
+        """
+        from wavalign.reference.interleave import RowState, reference_step
+
+        text_ids, speech_ids = [int(t) for t in text_ids], [int(s) for s in speech_ids]
+        if self.eos is None or self.end_audio is None:
+            raise ValueError("laying out a response needs the spec's eos and end_audio ids")
+        if self.schedule.kind in ("sequential", "free"):
+            if self.begin_audio is None:
+                raise ValueError("a sequential layout needs the spec's begin_audio id")
+            out = text_ids + [self.begin_audio] + speech_ids + [self.end_audio, self.eos]
+        else:
+            if self.end_text is None:
+                raise ValueError("a chunked layout needs the spec's end_text id")
+            n, m = self.schedule.text, self.schedule.speech
+            out, text, speech = [], text_ids + [self.end_text], speech_ids
+            while text:
+                out += text[:n]
+                text = text[n:]
+                if text:
+                    out += speech[:m]
+                    speech = speech[m:]
+            out += speech + [self.end_audio, self.eos]
+        row = RowState()
+        for position, token in enumerate(out):
+            try:
+                reference_step(self, row, token)
+            except ValueError as error:
+                raise ValueError(f"response token {position} (id {token}) breaks the schedule: {error}") from None
+        return out
+
     # ------------------------------------------------------------------ phases
     def phase_ranges(self, phase: int) -> tuple[Range, ...]:
         """Ids a row may emit while in `phase` (TEXT or SPEECH), as sorted disjoint ranges.

@@ -114,11 +114,18 @@ class RolloutEngine:
                 for name, (text_value, speech_value) in pairs.items()}
 
     @torch.no_grad()
-    def generate(self, prompts, n: int = 1, params: SamplingParams | None = None) -> Rollout:
-        """prompts: list of 1-D id sequences (lists or tensors). Returns a Rollout of len(prompts) * n rows."""
+    def generate(self, prompts, n: int = 1, params: SamplingParams | None = None, *, first_row: int = 0) -> Rollout:
+        """prompts: list of 1-D id sequences (lists or tensors). Returns a Rollout of len(prompts) * n rows.
+
+        first_row: global index of this call's first row. Row r draws from the Philox stream
+        of sample (first_row + r), so a batch split across processes (each passing its own
+        first_row) samples exactly what one process would.
+        """
         params = params or SamplingParams()
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        if not (isinstance(first_row, int) and first_row >= 0):
+            raise ValueError(f"first_row must be an int >= 0, got {first_row!r}")
         prompts = [torch.as_tensor(p, dtype=torch.int64).flatten().cpu() for p in prompts]
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("prompts must be a non-empty list of non-empty id sequences")
@@ -156,7 +163,7 @@ class RolloutEngine:
                 logits.float().contiguous(), **self._row_params(state.phase, param_pairs),
                 history=history if history.shape[1] else None,
                 allowed_ranges=state.allowed_ranges(), seed=params.seed,
-                offsets=live * _STEP_STRIDE + step,
+                offsets=(live + first_row) * _STEP_STRIDE + step,
             )
             state.advance(sample.ids)
             cpu_rows = live.cpu()

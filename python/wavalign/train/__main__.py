@@ -1,30 +1,131 @@
-"""`python -m wavalign.train` — PLACEHOLDER until the trainer lands (issue 8).
+"""`python -m wavalign.train [MODE]` — post-train a spoken dialogue model.
 
-Today it only proves the install works: it prints the build info and samples a batch of
-tokens under a text/speech constraint with the native sampler. It trains nothing.
+With no arguments: the embedded default. It builds (once, ~3 min, then cached) or reuses the
+built-in world, evaluates its base policy on the test split, trains it in hybrid (WavAlign)
+mode on CPU, evaluates again and prints a before/after table.
+
+    python -m wavalign.train                                   # embedded default
+    python -m wavalign.train grpo --set objective.rl_scope=all # full-token GRPO
+    python -m wavalign.train --config configs/train/world.yaml --set optim.steps=50 --name my-run
+    python -m wavalign.train --resume runs/my-run              # continue exactly where it stopped
+    torchrun --nproc-per-node 2 -m wavalign.train --set run.device=cpu   # data parallel
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
+import math
 import sys
+from pathlib import Path
+
+from wavalign.train.config import MODES, ConfigError, TrainConfig
 
 
-def main() -> int:
-    import torch
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m wavalign.train",
+        description="WavAlign hybrid post-training (and grpo / sft / dpo). No arguments: the embedded default "
+                    "on the built-in world.")
+    parser.add_argument("mode", nargs="?", choices=MODES, help="training mode (default: the config's, hybrid)")
+    parser.add_argument("--config", help="a TrainConfig YAML (see configs/train/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set optim.lr=1e-4 (repeatable)")
+    parser.add_argument("--name", help="run name: the run directory is <run.output_dir>/<name>")
+    parser.add_argument("--fast", action="store_true",
+                        help="the small test world and a short run (a smoke test in about a minute)")
+    parser.add_argument("--resume", metavar="RUN_DIR", nargs="?", const="",
+                        help="continue the run in RUN_DIR (or the one named by --name) from its latest checkpoint")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser.parse_args(argv)
 
-    from wavalign import info, ops
 
-    print("wavalign.train: the trainer is NOT implemented yet (tracked in issue 8).")
-    print("This placeholder checks the install and the native sampler instead.\n")
-    info.main()
-    vocab, speech_start = 1024, 512
-    logits = torch.randn(8, vocab, generator=torch.Generator().manual_seed(0))
-    out = ops.sample_tokens(
-        logits, temperature=0.7, top_p=0.9, allowed_ranges=[(speech_start, vocab)], seed=1
-    )
-    in_speech = bool(((out.ids >= speech_start) & (out.ids < vocab)).all())
-    print(f"\nsampled speech-phase ids: {out.ids.tolist()} (all inside the speech range: {in_speech})")
-    return 0 if in_speech else 1
+FAST_OVERRIDES = ["data.world=fast", "optim.steps=12", "optim.prompts_per_step=8", "run.save_every=0",
+                  "rollout.max_new_tokens=96"]
+
+
+def resolve_config(args) -> tuple[TrainConfig, Path | None]:
+    overrides = (FAST_OVERRIDES if args.fast else []) + list(args.overrides)
+    if args.mode:
+        overrides.append(f"mode={args.mode}")
+    if args.name:
+        overrides.append(f"run.name={args.name}")
+    run_dir = None
+    config_path = args.config
+    if args.resume is not None:
+        if args.resume:
+            run_dir = Path(args.resume)
+        elif args.name:
+            run_dir = None  # resolved from run.output_dir / name below
+        else:
+            raise ConfigError("--resume needs the run directory (or --name)")
+        if run_dir is not None and config_path is None:
+            if not (run_dir / "config.yaml").is_file():
+                raise FileNotFoundError(f"--resume: {run_dir} has no config.yaml; is it a run directory?")
+            config_path = run_dir / "config.yaml"
+    config = TrainConfig.load(config_path, overrides)
+    if args.resume is not None and run_dir is None:
+        run_dir = Path(config.run.output_dir) / config.run.name
+    return config, run_dir
+
+
+def format_table(evaluations: dict) -> str:
+    before, after = evaluations.get("before", {}), evaluations.get("after", {})
+    rows = [("IQ (% correct)", "IQ", "{:.1f}"), ("EQ (style, 1-5)", "EQ", "{:.2f}"),
+            ("text-speech WER (lower is better)", "WER", "{:.3f}"), ("mean judge reward (1-5)", "reward", "{:.2f}")]
+    names = sorted({k for k in list(before) + list(after) if k.startswith("reward/")})
+    rows += [(f"  {name.split('/', 1)[1]}", name, "{:.2f}") for name in names]
+    lines = ["| metric (test split, greedy) | base | trained | change |", "|---|---|---|---|"]
+    for label, key, fmt in rows:
+        if key not in before and key not in after:
+            continue
+        b, a = before.get(key, math.nan), after.get(key, math.nan)
+        b = math.nan if b is None else b
+        a = math.nan if a is None else a
+        change = a - b
+        lines.append(f"| {label} | {fmt.format(b)} | {fmt.format(a)} | {'+' if change >= 0 else ''}"
+                     f"{fmt.format(change)} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        config, run_dir = resolve_config(args)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"wavalign.train: {error}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return 0
+
+    from wavalign.train.trainer import JudgeFailureError, Trainer
+
+    trainer = Trainer(config, resume=args.resume is not None, run_dir=run_dir)
+    try:
+        trainer._say(f"mode {config.mode}, {config.optim.steps} steps x {config.optim.prompts_per_step} prompts x "
+                     f"{config.rollout.group_size} samples; run directory {trainer.run_dir}")
+        summary = trainer.fit()
+    except JudgeFailureError as error:
+        print(f"wavalign.train: stopped: {error}", file=sys.stderr)
+        return 3
+    finally:
+        trainer.close()
+    if summary.get("interrupted"):
+        return 130
+    if trainer.is_main:
+        print()
+        print(format_table(summary["evaluations"]))
+        counters = summary["counters"]
+        print(f"\njudge calls without a score: {counters['judge_failures']} of {counters['samples_scored']}; "
+              f"skipped non-finite steps: {counters['skipped_nonfinite_steps']}")
+        print(f"run directory: {summary['run_dir']} (metrics.jsonl, plots/, tensorboard/, checkpoints/)")
+        (Path(summary["run_dir"]) / "table.md").write_text(format_table(summary["evaluations"]) + "\n")
+    return 0
 
 
 if __name__ == "__main__":

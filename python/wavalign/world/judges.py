@@ -5,6 +5,11 @@ Both score 1-5 and estimate an exact quantity of metrics.py with an error model
 is fairly reliable; the **acoustic judge** estimates the style score (EQ) and is much less
 reliable, as the paper reports for real audio judges. A failed call returns None and is
 counted in `failures` and logged; it is never replaced by a made-up score.
+
+Noise comes from the judge's own seeded stream, or, when the caller passes a `sample_key`
+column (the trainer passes "step:global_row"), from a stream keyed by (seed, key): then a
+sample's score does not depend on call order, so a resumed run or a batch split across
+processes gets exactly the scores of one uninterrupted process.
 Their Spearman correlation with the exact quantities is measured at build time (report.json).
 """
 
@@ -27,6 +32,7 @@ class _WorldJudge:
     def __init__(self, scorer: WorldScorer, noise: JudgeNoise, seed: int = 0):
         self.scorer = scorer
         self.noise = noise
+        self.seed = seed
         self.rng = random.Random(f"{self.name}:{seed}")
         self.calls = 0
         self.failures = 0
@@ -38,22 +44,24 @@ class _WorldJudge:
     def exact(self, assessment: Assessment) -> float:
         raise NotImplementedError
 
-    def judge(self, assessment: Assessment) -> float | None:
+    def judge(self, assessment: Assessment, key: str | None = None) -> float | None:
+        rng = self.rng if key is None else random.Random(f"{self.name}:{self.seed}:{key}")
         self.calls += 1
-        if self.noise.failure_rate and self.rng.random() < self.noise.failure_rate:
+        if self.noise.failure_rate and rng.random() < self.noise.failure_rate:
             self.failures += 1
             log.warning("%s: call failed (%d of %d so far); no score", self.name, self.failures, self.calls)
             return None
-        value = self.exact(assessment) + self.noise.bias + self.rng.gauss(0.0, self.noise.noise_std)
+        value = self.exact(assessment) + self.noise.bias + rng.gauss(0.0, self.noise.noise_std)
         return float(min(5, max(1, round(value))))
 
     def __call__(self, prompts: Sequence, completions: Sequence[Completion], *, answer: Sequence[str],
-                 style: Sequence[str], **_columns) -> list[float | None]:
-        if not (len(completions) == len(answer) == len(style)):
-            raise ValueError(f"{self.name}: {len(completions)} completions but {len(answer)} answers and "
-                             f"{len(style)} styles")
-        return [self.judge(self.scorer.assess(c.text, c.speech_units, a, s))
-                for c, a, s in zip(completions, answer, style)]
+                 style: Sequence[str], sample_key: Sequence[str] | None = None, **_columns) -> list[float | None]:
+        keys = [None] * len(completions) if sample_key is None else list(sample_key)
+        if not (len(completions) == len(answer) == len(style) == len(keys)):
+            raise ValueError(f"{self.name}: {len(completions)} completions but {len(answer)} answers, "
+                             f"{len(style)} styles and {len(keys)} sample keys")
+        return [self.judge(self.scorer.assess(c.text, c.speech_units, a, s), k)
+                for c, a, s, k in zip(completions, answer, style, keys)]
 
 
 class SemanticJudge(_WorldJudge):

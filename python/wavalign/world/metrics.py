@@ -16,6 +16,7 @@ from typing import Sequence
 
 import torch
 
+from wavalign.world.audio import analyze
 from wavalign.world.recognizer import Recognizer
 from wavalign.world.style_meter import StyleMeter, measure
 from wavalign.world.units import UnitTokenizer
@@ -87,8 +88,9 @@ class WorldScorer:
         if len(speech_units) < MIN_SPEECH_UNITS:
             return Assessment(correct, 1.0, 1.0, "", {s: math.nan for s in self.meter.styles})
         wave = self.wave(speech_units)
-        heard = self.recognizer.recognize(wave).text
-        probabilities = self.meter.probabilities(measure(wave, heard))
+        frames = analyze(wave)  # listened to once, for the recognizer and the style meter
+        heard = self.recognizer.recognize(frames=frames).text
+        probabilities = self.meter.probabilities(measure(frames, heard))
         return Assessment(correct, 1.0 + 4.0 * probabilities[style], word_error_rate(text, heard), heard,
                           probabilities)
 

@@ -17,7 +17,6 @@ import torch
 from tqdm.auto import tqdm
 
 from wavalign.modality import ModalitySpec, Schedule
-from wavalign.reference.interleave import RowState, reference_step
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 USER, ASSISTANT = "<|user|>", "<|assistant|>"
@@ -91,26 +90,9 @@ class ChatFormat:
         return [self.unit_offset + u for u in units]
 
     def response_ids(self, text: str, units: Sequence[int]) -> list[int]:
-        """Gold response laid out by the spec's schedule, checked step by step against the
-        interleave state machine (so it is exactly what the sampler would allow)."""
-        text_ids, speech_ids = self.text_ids(text), self.unit_ids(units)
-        spec, kind = self.spec, self.spec.schedule.kind
-        if kind in ("sequential", "free"):
-            out = text_ids + [spec.begin_audio] + speech_ids + [spec.end_audio, spec.eos]
-        else:  # chunked: n text, m speech, ...; end-of-text closes the text channel
-            n, m = spec.schedule.text, spec.schedule.speech
-            out, t, s = [], list(text_ids) + [spec.end_text], list(speech_ids)
-            while t:
-                out += t[:n]
-                t = t[n:]
-                if t:
-                    out += s[:m]
-                    s = s[m:]
-            out += s + [spec.end_audio, spec.eos]
-        row = RowState()
-        for token in out:
-            reference_step(spec, row, token)
-        return out
+        """Gold response laid out by the spec's schedule and checked against the interleave
+        state machine (ModalitySpec.layout_response)."""
+        return self.spec.layout_response(self.text_ids(text), self.unit_ids(units))
 
     def split(self, response: Sequence[int]) -> tuple[str, list[int]]:
         """Generated response ids -> (text channel, speech units); specials are dropped."""

@@ -51,14 +51,15 @@ def dtw_distances(query: torch.Tensor, templates: torch.Tensor, lengths: torch.T
     tq = query.shape[0]
     if tq == 0:
         return torch.full((templates.shape[0],), math.inf)
-    cost = torch.cdist(query[None].expand(templates.shape[0], -1, -1), templates)  # [K, Tq, Tmax]
-    inf = torch.full((templates.shape[0], 2), math.inf)
-    total = torch.full_like(cost[:, 0], math.inf)
+    k, tmax = templates.shape[:2]
+    cost = torch.cdist(query[None].expand(k, -1, -1), templates)  # [K, Tq, Tmax]
+    # padded[:, j + 2] = total[:, j]; the two leading columns stay inf (no step from before j = 0)
+    padded = torch.full((k, tmax + 2), math.inf)
+    total = padded[:, 2:]
     total[:, 0] = cost[:, 0, 0]
     for i in range(1, tq):
-        padded = torch.cat([inf, total], dim=1)  # padded[:, j + 2] = total[:, j]
         best = torch.minimum(torch.minimum(padded[:, 2:], padded[:, 1:-1]), padded[:, :-2])
-        total = cost[:, i] + best
+        torch.add(cost[:, i], best, out=total)
     final = total.gather(1, (lengths - 1).clamp_min(0)[:, None]).squeeze(1)
     return final / tq
 
@@ -90,8 +91,9 @@ class Recognizer:
             templates[k, : f.shape[0]] = f
         return cls(list(sentences), torch.tensor(owners), templates, lengths)
 
-    def recognize(self, wave) -> Recognition:
-        query = cepstra(audio.analyze(wave))
+    def recognize(self, wave=None, *, frames: audio.Frames | None = None) -> Recognition:
+        """The closest sentence to a waveform (or to its already analysed frames)."""
+        query = cepstra(frames if frames is not None else audio.analyze(wave))
         if query.shape[0] < 2:
             return Recognition("", math.inf)
         distances = dtw_distances(query, self.templates, self.lengths)

@@ -22,8 +22,9 @@ _UNVOICED_PITCH = 6.5  # log2 Hz (~90 Hz) stands in for the pitch of audio with 
 
 
 def measure(wave, transcript: str) -> torch.Tensor:
-    """-> [4] float32 (see MEASURES). Active frames: within 30 dB of the loudest."""
-    frames = audio.analyze(wave)
+    """wave (or its audio.Frames) -> [4] float32 (see MEASURES). Active frames: within 30 dB
+    of the loudest."""
+    frames = wave if isinstance(wave, audio.Frames) else audio.analyze(wave)
     active = frames.energy_db > frames.energy_db.max() - 30.0
     voiced = frames.voiced & active
     n_active = max(int(active.sum()), 1)

@@ -1,0 +1,112 @@
+"""Atomic checkpoints: a Hugging Face model directory plus the trainer's state.
+
+    runs/<name>/checkpoints/step_000050/
+        config.json, model.safetensors, tokenizer files, modality.yaml   (save_pretrained)
+        trainer_state.pt     optimizer, scheduler, gate, data cursor, step, counters
+        rank_0.pt ...        each process's RNG states
+    runs/<name>/checkpoints/latest       name of the newest complete checkpoint
+
+Everything is written into a hidden staging directory first and renamed into place, and
+`latest` is replaced atomically after that, so a crash (even SIGKILL) mid-save leaves the
+previous checkpoint intact and `latest` never points at a partial one. State is loaded with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+LATEST = "latest"
+TRAINER_STATE = "trainer_state.pt"
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint(root: Path, step: int, *, model, tokenizer, extra_files: dict[str, str],
+                    trainer_state: dict, rank_states: list[dict], keep: int) -> Path:
+    """Write checkpoint `step` under root atomically; prune to the newest `keep`. -> its path."""
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:06d}"
+    final = root / name
+    staging = root / f".staging-{name}-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    model.save_pretrained(str(staging), safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(staging))
+    for filename, text in extra_files.items():
+        (staging / filename).write_text(text)
+    torch.save(trainer_state, staging / TRAINER_STATE)
+    for rank, state in enumerate(rank_states):
+        torch.save(state, staging / f"rank_{rank}.pt")
+    for file in staging.iterdir():
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+    if final.exists():  # re-saving the same step (e.g. Ctrl-C right after a periodic save)
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    _fsync_dir(root)
+    write_text_atomic(root / LATEST, name + "\n")
+    for old in sorted(root.glob("step_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None
+    path = root / pointer.read_text().strip()
+    if not (path / TRAINER_STATE).is_file():
+        raise FileNotFoundError(f"{pointer} names {path.name}, which is incomplete or missing")
+    return path
+
+
+def load_trainer_state(path: Path, rank: int) -> tuple[dict, dict]:
+    """-> (trainer state, this rank's RNG state)."""
+    state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
+    rank_file = path / f"rank_{rank}.pt"
+    if not rank_file.is_file():
+        raise FileNotFoundError(f"{rank_file} is missing: resume with the same number of processes "
+                                f"as the run that saved it ({state.get('world_size', '?')})")
+    return state, torch.load(rank_file, map_location="cpu", weights_only=True)

@@ -1,0 +1,433 @@
+"""TrainConfig: every knob of `python -m wavalign.train`, as frozen dataclasses.
+
+Loaded from YAML (``safe_load``) and ``--set section.field=value`` overrides (the value is
+parsed as YAML: ``--set optim.lr=1e-4``, ``--set rollout.group_size=8``,
+``--set data.world=fast``). Every value is checked before any work starts and an invalid
+one fails naming its field (``optim.lr must be > 0, got -1``).
+
+    config = TrainConfig.load("configs/train/world.yaml", overrides=["optim.steps=20"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from wavalign.train.gate import GateConfig
+from wavalign.train.losses import DPO_LOSS_TYPES, EMPTY_SCOPE, PG_NORMALIZATIONS, SCOPES, SFT_NORMALIZATIONS
+
+MODES = ("hybrid", "grpo", "sft", "dpo")
+DTYPES = ("float32", "bfloat16", "float16")
+DATA_SOURCES = ("world", "jsonl")
+DATA_FORMATS = ("auto", "wavalign", "public")
+REWARD_KINDS = ("world_semantic", "world_acoustic", "http_judge")
+ADVANTAGES = ("grpo", "dr_grpo", "rloo")
+SCHEDULES = ("cosine", "linear", "constant")
+PAIR_SOURCES = ("auto", "offline", "rollout", "gold")
+STRATEGIES = ("ddp", "fsdp2")
+
+
+class _Loader(yaml.SafeLoader):
+    """safe_load, except that 1e-4 is a float (YAML 1.1 wants 1.0e-4 and reads '1e-4' as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def safe_load(text: str):
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: no arbitrary objects
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the field."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _one_of(value, allowed: Sequence, name: str) -> None:
+    _check(value in allowed, f"{name} must be one of {tuple(allowed)}, got {value!r}")
+
+
+def _positive(value, name: str, *, integer: bool = False, allow_zero: bool = False) -> None:
+    kind = int if integer else (int, float)
+    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    _check(ok, f"{name} must be {'an integer' if integer else 'a number'} {'>= 0' if allow_zero else '> 0'}, "
+               f"got {value!r}")
+
+
+def _fraction(value, name: str) -> None:
+    _check(isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0,
+           f"{name} must be a number in [0, 1], got {value!r}")
+
+
+def _type_weights(value, name: str) -> None:
+    if value is None:
+        return
+    _check(isinstance(value, (list, tuple)) and len(value) == 2
+           and all(isinstance(w, (int, float)) and w >= 0 and math.isfinite(w) for w in value),
+           f"{name} must be two numbers >= 0 (text, speech) or null, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = "world"  # "world": the built-in world's policy; else a local Hugging Face model directory
+    dtype: str = "float32"
+    # ModalitySpec: a YAML file or preset name; None = <model dir>/modality.yaml, else read off the tokenizer
+    modality: str | None = None
+    gradient_checkpointing: bool = False
+
+    def validate(self) -> None:
+        _one_of(self.dtype, DTYPES, "model.dtype")
+        _check(isinstance(self.path, str) and self.path != "", "model.path must be 'world' or a model directory")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "world"  # world: the built-in world's splits; jsonl: train_path / eval_path
+    world: str = "default"  # default | fast | a WorldConfig YAML file
+    train_path: str | None = None
+    eval_path: str | None = None
+    format: str = "auto"  # auto | wavalign (docs/data_format.md) | public (the WavAlign release's records)
+    skip_bad_lines: bool = False  # skip (and count) malformed records instead of failing at file:line
+    max_prompt_tokens: int = 2048
+
+    def validate(self) -> None:
+        _one_of(self.source, DATA_SOURCES, "data.source")
+        _one_of(self.format, DATA_FORMATS, "data.format")
+        _positive(self.max_prompt_tokens, "data.max_prompt_tokens", integer=True)
+        if self.source == "jsonl":
+            _check(bool(self.train_path), "data.train_path is required when data.source is 'jsonl'")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    group_size: int = 4  # G samples per prompt
+    temperature: float = 0.9  # text tokens (the paper's value)
+    speech_temperature: float | None = None  # None: same as temperature
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 160
+
+    def validate(self) -> None:
+        _positive(self.group_size, "rollout.group_size", integer=True)
+        _positive(self.temperature, "rollout.temperature", allow_zero=True)
+        if self.speech_temperature is not None:
+            _positive(self.speech_temperature, "rollout.speech_temperature", allow_zero=True)
+        _check(isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1,
+               f"rollout.top_p must be in (0, 1], got {self.top_p!r}")
+        _positive(self.top_k, "rollout.top_k", integer=True, allow_zero=True)
+        _positive(self.max_new_tokens, "rollout.max_new_tokens", integer=True)
+
+
+@dataclass(frozen=True)
+class RewardComponent:
+    name: str
+    kind: str  # world_semantic | world_acoustic | http_judge
+    weight: float = 1.0
+    options: dict = field(default_factory=dict)  # http_judge: JudgeConfig fields (base_url, model, kind, ...)
+
+    def validate(self, where: str) -> None:
+        _check(isinstance(self.name, str) and self.name, f"{where}.name must be a non-empty string")
+        _one_of(self.kind, REWARD_KINDS, f"{where}.kind")
+        _positive(self.weight, f"{where}.weight")
+        _check(isinstance(self.options, dict), f"{where}.options must be a mapping")
+        if self.kind == "http_judge":
+            _check("base_url" in self.options, f"{where}.options.base_url is required for an http_judge")
+            _check("api_key" not in self.options,
+                   f"{where}.options must not hold an API key; set api_key_env to the NAME of an environment variable")
+
+
+def _default_rewards() -> tuple[RewardComponent, ...]:
+    # The paper's split judgement: semantic 0.7 + acoustic 0.3, on the 1-5 scale.
+    return (RewardComponent("semantic_judge", "world_semantic", 0.7),
+            RewardComponent("acoustic_judge", "world_acoustic", 0.3))
+
+
+@dataclass(frozen=True)
+class RewardsConfig:
+    components: tuple[RewardComponent, ...] = field(default_factory=_default_rewards)
+    missing: str = "drop"  # a sample missing any component gets no reward ("renormalize": weights rescaled)
+    normalize_weights: bool = True  # divide by the weight sum, keeping the judges' 1-5 scale for the gate
+    max_failure_rate: float = 0.5  # stop when more than this fraction of a step's samples has no reward
+    judge_seed: int = 0
+
+    def validate(self) -> None:
+        _check(len(self.components) > 0, "rewards.components must name at least one reward")
+        names = [c.name for c in self.components]
+        _check(len(set(names)) == len(names), f"rewards.components names must be unique, got {names}")
+        for index, component in enumerate(self.components):
+            component.validate(f"rewards.components[{index}]")
+        _one_of(self.missing, ("drop", "renormalize"), "rewards.missing")
+        _fraction(self.max_failure_rate, "rewards.max_failure_rate")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    rl_scope: str = "text"  # WavAlign: preference RL on the semantic tokens only
+    rl_type_weights: tuple | None = None  # (text, speech), overrides rl_scope
+    sft_scope: str = "all"  # the public launch script anchors every gold token
+    sft_type_weights: tuple | None = None
+    pg_normalization: str = "sequence_mean"
+    sft_normalization: str = "token_mean"
+    advantage: str = "grpo"
+    advantage_std: str = "population"
+    advantage_eps: float = 1e-4
+    kl_beta_text: float = 0.0  # > 0 loads a frozen reference model
+    kl_beta_speech: float = 0.0
+    empty_scope: str = "skip"
+
+    def validate(self) -> None:
+        _one_of(self.rl_scope, tuple(SCOPES), "objective.rl_scope")
+        _one_of(self.sft_scope, tuple(SCOPES), "objective.sft_scope")
+        _type_weights(self.rl_type_weights, "objective.rl_type_weights")
+        _type_weights(self.sft_type_weights, "objective.sft_type_weights")
+        _one_of(self.pg_normalization, tuple(n for n in PG_NORMALIZATIONS if n != "constant"),
+                "objective.pg_normalization")
+        _one_of(self.sft_normalization, SFT_NORMALIZATIONS, "objective.sft_normalization")
+        _one_of(self.advantage, ADVANTAGES, "objective.advantage")
+        _one_of(self.advantage_std, ("population", "sample"), "objective.advantage_std")
+        _positive(self.advantage_eps, "objective.advantage_eps", allow_zero=True)
+        _positive(self.kl_beta_text, "objective.kl_beta_text", allow_zero=True)
+        _positive(self.kl_beta_speech, "objective.kl_beta_speech", allow_zero=True)
+        _one_of(self.empty_scope, EMPTY_SCOPE, "objective.empty_scope")
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    scope: str = "text"
+    type_weights: tuple | None = None
+    pairs: str = "auto"  # auto: offline when records hold rejected_*, else rollout; gold: gold vs a sampled reject
+    pair_score: str = "sum"  # sum | weighted | <reward component name>
+    min_gap: float = 1.0
+
+    def validate(self) -> None:
+        _positive(self.beta, "dpo.beta")
+        _one_of(self.loss_type, DPO_LOSS_TYPES, "dpo.loss_type")
+        _check(isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 0.5,
+               f"dpo.label_smoothing must be in [0, 0.5), got {self.label_smoothing!r}")
+        _one_of(self.scope, tuple(SCOPES), "dpo.scope")
+        _type_weights(self.type_weights, "dpo.type_weights")
+        _one_of(self.pairs, PAIR_SOURCES, "dpo.pairs")
+        _positive(self.min_gap, "dpo.min_gap", allow_zero=True)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    steps: int = 150
+    prompts_per_step: int = 16  # global batch of prompts (each gives group_size rollouts)
+    lr: float = 5e-4
+    warmup_steps: int = 10
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    betas: tuple = (0.9, 0.95)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.2  # 0 = no clipping
+
+    def validate(self) -> None:
+        _positive(self.steps, "optim.steps", integer=True)
+        _positive(self.prompts_per_step, "optim.prompts_per_step", integer=True)
+        _positive(self.lr, "optim.lr")
+        _positive(self.warmup_steps, "optim.warmup_steps", integer=True, allow_zero=True)
+        _one_of(self.schedule, SCHEDULES, "optim.schedule")
+        _fraction(self.min_lr_ratio, "optim.min_lr_ratio")
+        _check(isinstance(self.betas, (list, tuple)) and len(self.betas) == 2
+               and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas),
+               f"optim.betas must be two numbers in [0, 1), got {self.betas!r}")
+        _positive(self.weight_decay, "optim.weight_decay", allow_zero=True)
+        _positive(self.grad_clip, "optim.grad_clip", allow_zero=True)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    split: str = "test"
+    limit: int | None = None  # first N examples only
+    temperature: float = 0.0  # greedy
+    before: bool = True  # evaluate the base policy before training
+    after: bool = True
+    every: int = 0  # also evaluate every N steps (0 = never), logged as eval/*
+
+    def validate(self) -> None:
+        _one_of(self.split, ("train", "dev", "test"), "eval.split")
+        if self.limit is not None:
+            _positive(self.limit, "eval.limit", integer=True)
+        _positive(self.temperature, "eval.temperature", allow_zero=True)
+        _positive(self.every, "eval.every", integer=True, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str | None = None  # None: "<mode>-<timestamp>"
+    output_dir: str = "runs"
+    seed: int = 0
+    save_every: int = 50  # checkpoint every N steps (0 = only at the end)
+    keep_checkpoints: int = 2
+    tensorboard: bool = True
+    plots: bool = True
+    progress: bool = True
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
+    threads: int = 0  # torch CPU threads (0 = torch's default)
+
+    def validate(self) -> None:
+        if self.name is not None:
+            _check(isinstance(self.name, str) and self.name and "/" not in self.name and self.name not in (".", ".."),
+                   f"run.name must be a plain directory name, got {self.name!r}")
+        _check(isinstance(self.seed, int) and not isinstance(self.seed, bool), f"run.seed must be an int, got {self.seed!r}")
+        _positive(self.save_every, "run.save_every", integer=True, allow_zero=True)
+        _positive(self.keep_checkpoints, "run.keep_checkpoints", integer=True)
+        _one_of(self.device, ("auto", "cpu", "cuda"), "run.device")
+        _positive(self.threads, "run.threads", integer=True, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    strategy: str = "ddp"  # under torchrun: ddp, or fsdp2 (parameters sharded) for large models
+    backend: str = "auto"  # auto: nccl on GPU, gloo on CPU
+
+    def validate(self) -> None:
+        _one_of(self.strategy, STRATEGIES, "distributed.strategy")
+        _one_of(self.backend, ("auto", "nccl", "gloo"), "distributed.backend")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    mode: str = "hybrid"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    def __post_init__(self):
+        _one_of(self.mode, MODES, "mode")
+        for section in ("model", "data", "rollout", "rewards", "objective", "dpo", "optim", "eval", "run",
+                        "distributed"):
+            getattr(self, section).validate()
+        if self.mode == "dpo" and self.dpo.pairs == "offline":
+            _check(self.data.source == "jsonl", "dpo.pairs 'offline' reads rejected responses from JSONL data")
+
+    # ------------------------------------------------------------------ building
+    @property
+    def needs_reference(self) -> bool:
+        """A frozen reference model is loaded only for DPO or a KL penalty."""
+        return self.mode == "dpo" or (self.mode in ("hybrid", "grpo")
+                                      and (self.objective.kl_beta_text > 0 or self.objective.kl_beta_speech > 0))
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        return _build(cls, data, "")
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: Sequence[str] = ()) -> "TrainConfig":
+        """A YAML file (or the defaults when None), then `section.field=value` overrides."""
+        data: dict = {}
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise FileNotFoundError(f"config file not found: {path}")
+            loaded = safe_load(path.read_text())
+            if loaded is not None and not isinstance(loaded, dict):
+                raise ConfigError(f"{path}: expected a mapping of config sections, got {type(loaded).__name__}")
+            data = loaded or {}
+        for override in overrides:
+            apply_override(data, override)
+        return cls.from_dict(data)
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def apply_override(data: dict, override: str) -> None:
+    """`a.b.c=value` (value parsed as YAML) into the nested mapping `data`, in place."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects section.field=value, got {override!r}")
+    try:
+        value = safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r} ({error})") from None
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _plain(value):
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _build(cls, data: Any, where: str):
+    """Recursively turn a mapping into the dataclass `cls`, naming unknown or mistyped fields."""
+    label = where or "config"
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown field(s) {', '.join((where + '.' if where else '') + u for u in unknown)}; "
+                          f"{label} has: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        path = f"{where}.{name}" if where else name
+        nested = _NESTED.get((cls, name))
+        if nested is not None and value is not None:
+            kwargs[name] = _build(nested, value, path)
+        elif (cls, name) == (RewardsConfig, "components"):
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{path} must be a list of reward components")
+            kwargs[name] = tuple(_build(RewardComponent, v, f"{path}[{i}]") for i, v in enumerate(value))
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:  # e.g. GateConfig's own checks
+        raise ConfigError(f"{label}: {error}") from None
+
+
+_NESTED = {
+    (TrainConfig, "model"): ModelConfig, (TrainConfig, "data"): DataConfig,
+    (TrainConfig, "rollout"): RolloutConfig, (TrainConfig, "rewards"): RewardsConfig,
+    (TrainConfig, "objective"): ObjectiveConfig, (TrainConfig, "gate"): GateConfig,
+    (TrainConfig, "dpo"): DPOConfig, (TrainConfig, "optim"): OptimConfig, (TrainConfig, "eval"): EvalConfig,
+    (TrainConfig, "run"): RunConfig, (TrainConfig, "distributed"): DistributedConfig,
+}

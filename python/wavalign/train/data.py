@@ -1,0 +1,304 @@
+"""Training examples: prompts, gold responses and reward columns, from the world or JSONL.
+
+Two record formats are read (docs/data_format.md):
+
+- **wavalign**: ``prompt_text`` / ``prompt_units`` / ``prompt_ids``, ``response_text`` +
+  ``response_units`` or ``response_ids``, optional ``rejected_text`` + ``rejected_units`` or
+  ``rejected_ids`` (offline DPO); every other key is a reward column.
+- **public**: the WavAlign release's records: ``messages`` (chat turns), ``audios``
+  (input audio files), ``sft_target_text`` + ``sft_target_audio`` (gold), optional
+  ``rejected_text`` + ``rejected_audio``; ``question_text``, ``task_type`` and the rest are
+  reward columns. Audio files are turned into speech units by the run's audio tokenizer (the
+  built-in world ships one; real models' speech tokenizers are not bundled).
+
+A malformed record fails naming ``file:line`` and the problem, or, with
+``skip_bad_lines``, is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from wavalign.data import iter_jsonl
+from wavalign.modality import ModalitySpec
+
+log = logging.getLogger(__name__)
+
+WAVALIGN_KEYS = {"prompt_text", "prompt_units", "prompt_ids", "response_text", "response_units",
+                 "response_ids", "rejected_text", "rejected_units", "rejected_ids"}
+PUBLIC_KEYS = {"messages", "audios", "sft_target_text", "sft_target_audio", "rejected_text", "rejected_audio"}
+
+
+@dataclass
+class TrainExample:
+    id: str
+    prompt_ids: list[int]
+    response_ids: list[int] | None = None  # gold, laid out by the ModalitySpec schedule
+    rejected_ids: list[int] | None = None  # offline DPO
+    columns: dict = field(default_factory=dict)  # handed to reward functions (answer, style, ...)
+    prompt_text: str | None = None  # what a judge is shown as the user's request
+
+
+class GenericFormat:
+    """Prompt and response ids for any Hugging Face tokenizer with speech tokens.
+
+    Prompts go through the tokenizer's chat template when it has one (else the plain text);
+    gold responses are laid out by the ModalitySpec; speech units are offsets into the
+    spec's (single, contiguous) speech id range.
+    """
+
+    def __init__(self, tokenizer, spec: ModalitySpec):
+        if len(spec.speech_ranges) != 1:
+            raise ValueError("speech units map onto vocabulary ids only when the speech ids are one contiguous range")
+        self.tokenizer, self.spec = tokenizer, spec
+        self.unit_offset, end = spec.speech_ranges[0]
+        self.n_units = end - self.unit_offset
+        self.special_ids = frozenset(tokenizer.all_special_ids)
+
+    def text_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def unit_ids(self, units: Sequence[int]) -> list[int]:
+        units = [int(u) for u in units]
+        if any(not 0 <= u < self.n_units for u in units):
+            raise ValueError(f"speech units must lie in [0, {self.n_units})")
+        return [self.unit_offset + u for u in units]
+
+    def prompt_ids(self, text: str | None = None, units: Sequence[int] | None = None,
+                   messages: list[dict] | None = None) -> list[int]:
+        if units is not None:
+            raise ValueError("speech prompts need prompt_ids for this model (its chat template is text-only here)")
+        if messages is None:
+            if text is None:
+                raise ValueError("a prompt needs text or messages")
+            messages = [{"role": "user", "content": text}]
+        if getattr(self.tokenizer, "chat_template", None):
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        return self.text_ids("\n".join(str(m.get("content", "")) for m in messages))
+
+    def response_ids(self, text: str, units: Sequence[int]) -> list[int]:
+        return self.spec.layout_response(self.text_ids(text), self.unit_ids(units))
+
+    def split(self, response: Sequence[int]) -> tuple[str, list[int]]:
+        text_ids, units = [], []
+        for token in response:
+            token = int(token)
+            if self.unit_offset <= token < self.unit_offset + self.n_units:
+                units.append(token - self.unit_offset)
+            elif token not in self.special_ids:
+                text_ids.append(token)
+        return self.tokenizer.decode(text_ids).strip(), units
+
+
+def read_wav(path: Path) -> tuple[torch.Tensor, int]:
+    """16-bit PCM WAV -> (mono float waveform [S] in [-1, 1], sample rate)."""
+    import numpy as np
+
+    with wave.open(str(path), "rb") as handle:
+        if handle.getsampwidth() != 2:
+            raise ValueError(f"{path}: only 16-bit PCM WAV is supported")
+        frames = handle.readframes(handle.getnframes())
+        data = np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0
+        data = data.reshape(-1, handle.getnchannels()).mean(axis=1)
+        return torch.from_numpy(data.copy()), handle.getframerate()
+
+
+class RecordConverter:
+    """JSON records -> TrainExample, for one record format."""
+
+    def __init__(self, fmt, vocab_size: int, *, record_format: str = "auto",
+                 audio_units: Callable[[torch.Tensor, int], list[int]] | None = None, base_dir: Path | None = None,
+                 max_prompt_tokens: int = 2048):
+        self.fmt, self.vocab_size, self.record_format = fmt, vocab_size, record_format
+        self.audio_units, self.base_dir = audio_units, base_dir
+        self.max_prompt_tokens = max_prompt_tokens
+
+    def __call__(self, record: dict, index: int) -> TrainExample:
+        kind = self.record_format
+        if kind == "auto":
+            kind = "public" if ("messages" in record or "sft_target_text" in record) else "wavalign"
+        example = self._public(record, index) if kind == "public" else self._wavalign(record, index)
+        self._check_ids(example)
+        return example
+
+    # --------------------------------------------------------------- formats
+    def _wavalign(self, record: dict, index: int) -> TrainExample:
+        if "prompt_ids" in record:
+            prompt = _int_list(record["prompt_ids"], "prompt_ids")
+        elif "prompt_text" in record or "prompt_units" in record:
+            units = record.get("prompt_units")
+            prompt = self.fmt.prompt_ids(text=_str(record.get("prompt_text"), "prompt_text", optional=True),
+                                         units=None if units is None else _int_list(units, "prompt_units"))
+        else:
+            raise ValueError("needs prompt_ids, prompt_text or prompt_units")
+        response = self._response(record, "response")
+        rejected = self._response(record, "rejected")
+        columns = {k: v for k, v in record.items() if k not in WAVALIGN_KEYS}
+        return TrainExample(str(record.get("id", index)), prompt, response, rejected, columns,
+                            record.get("prompt_text"))
+
+    def _response(self, record: dict, prefix: str) -> list[int] | None:
+        if f"{prefix}_ids" in record:
+            return _int_list(record[f"{prefix}_ids"], f"{prefix}_ids")
+        has_text, has_units = f"{prefix}_text" in record, f"{prefix}_units" in record
+        if not (has_text or has_units):
+            return None
+        if not (has_text and has_units):
+            raise ValueError(f"{prefix}_text and {prefix}_units go together (or give {prefix}_ids)")
+        return self.fmt.response_ids(_str(record[f"{prefix}_text"], f"{prefix}_text"),
+                                     _int_list(record[f"{prefix}_units"], f"{prefix}_units"))
+
+    def _public(self, record: dict, index: int) -> TrainExample:
+        messages = record.get("messages")
+        if not (isinstance(messages, list) and messages and all(isinstance(m, dict) and "content" in m
+                                                                 for m in messages)):
+            raise ValueError("messages must be a non-empty list of {role, content} objects")
+        audios = record.get("audios") or []
+        if not isinstance(audios, list):
+            raise ValueError("audios must be a list of file paths")
+        prompt_units = None
+        if audios:
+            prompt_units = [u for path in audios for u in self._units_of(path, "audios")]
+        user_text = " ".join(str(m["content"]) for m in messages if m.get("role", "user") == "user"
+                             and str(m["content"]).strip() and "<audio>" not in str(m["content"]))
+        if isinstance(self.fmt, GenericFormat):
+            prompt = self.fmt.prompt_ids(messages=messages, units=prompt_units)
+        else:
+            prompt = self.fmt.prompt_ids(text=user_text or None, units=prompt_units)
+        response = rejected = None
+        if "sft_target_text" in record:
+            if "sft_target_audio" not in record:
+                raise ValueError("sft_target_text needs sft_target_audio")
+            response = self.fmt.response_ids(_str(record["sft_target_text"], "sft_target_text"),
+                                             self._units_of(record["sft_target_audio"], "sft_target_audio"))
+        if "rejected_text" in record:
+            if "rejected_audio" not in record:
+                raise ValueError("rejected_text needs rejected_audio")
+            rejected = self.fmt.response_ids(_str(record["rejected_text"], "rejected_text"),
+                                             self._units_of(record["rejected_audio"], "rejected_audio"))
+        columns = {k: v for k, v in record.items() if k not in PUBLIC_KEYS}
+        return TrainExample(str(record.get("id", index)), prompt, response, rejected, columns,
+                            record.get("question_text") or user_text or None)
+
+    def _units_of(self, path, key: str) -> list[int]:
+        if self.audio_units is None:
+            raise ValueError(f"{key}: turning audio files into speech units needs an audio tokenizer; this run has "
+                             f"none (only the built-in world ships one) - give units in the wavalign format instead")
+        if not isinstance(path, str):
+            raise ValueError(f"{key} must hold file paths, got {path!r}")
+        file = Path(path)
+        if not file.is_absolute() and self.base_dir is not None:
+            file = self.base_dir / file
+        if not file.is_file():
+            raise ValueError(f"{key}: audio file not found: {file}")
+        waveform, rate = read_wav(file)
+        return self.audio_units(waveform, rate)
+
+    def _check_ids(self, example: TrainExample) -> None:
+        for name in ("prompt_ids", "response_ids", "rejected_ids"):
+            ids = getattr(example, name)
+            if ids is None:
+                continue
+            if not ids:
+                raise ValueError(f"{name} is empty")
+            if min(ids) < 0 or max(ids) >= self.vocab_size:
+                raise ValueError(f"{name} holds ids outside [0, {self.vocab_size})")
+        if len(example.prompt_ids) > self.max_prompt_tokens:
+            raise ValueError(f"prompt has {len(example.prompt_ids)} tokens, over data.max_prompt_tokens="
+                             f"{self.max_prompt_tokens}")
+
+
+def _int_list(value, name: str) -> list[int]:
+    if not (isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        raise ValueError(f"{name} must be a list of integers")
+    return value
+
+
+def _str(value, name: str, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+    return value
+
+
+def load_jsonl_examples(path: str | Path, convert: RecordConverter, *, skip_bad_lines: bool = False
+                        ) -> tuple[list[TrainExample], int]:
+    """-> (examples, number of skipped bad lines). Errors name file:line."""
+    path = Path(path)
+    examples, skipped = [], 0
+    for number, record in iter_jsonl(path):
+        try:
+            if isinstance(record, ValueError):  # not JSON: already names file:line
+                raise record
+            try:
+                examples.append(convert(record, number))
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{path}:{number}: {error}") from None
+        except ValueError as error:
+            if not skip_bad_lines:
+                raise
+            skipped += 1
+            log.warning("skipping %s", error)
+    if skipped:
+        log.warning("%s: skipped %d bad line(s)", path, skipped)
+    if not examples:
+        raise ValueError(f"{path}: no usable records")
+    return examples, skipped
+
+
+def world_examples(records: list[dict]) -> list[TrainExample]:
+    """The built-in world's records (already tokenised) -> TrainExample."""
+    return [TrainExample(r["id"], list(r["prompt_ids"]), list(r["response_ids"]), None,
+                         {k: v for k, v in r.items() if k not in WAVALIGN_KEYS}, r.get("prompt_text"))
+            for r in records]
+
+
+def batch_columns(examples: Sequence[TrainExample], repeat: int = 1) -> dict[str, list]:
+    """Reward columns for a batch, each value repeated `repeat` times (one per sample)."""
+    names = sorted({name for e in examples for name in e.columns})
+    return {name: [e.columns.get(name) for e in examples for _ in range(repeat)] for name in names}
+
+
+class PromptSampler:
+    """Seeded epoch-wise shuffling with a resumable cursor: each epoch is a fresh permutation
+    (generator seeded by seed and epoch), consumed in order."""
+
+    def __init__(self, size: int, seed: int):
+        if size < 1:
+            raise ValueError("no training examples")
+        self.size, self.seed = size, seed
+        self.epoch, self.position = 0, 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def next(self, count: int) -> list[int]:
+        out = []
+        while len(out) < count:
+            if self.position == self.size:
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._permutation(self.epoch)
+            take = min(count - len(out), self.size - self.position)
+            out += self._order[self.position:self.position + take]
+            self.position += take
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "size": self.size, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state["size"], state["seed"]) != (self.size, self.seed):
+            raise ValueError(f"data cursor was saved for {state['size']} examples with seed {state['seed']}, "
+                             f"this run has {self.size} with seed {self.seed}; resume with the same data")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._permutation(self.epoch)
