@@ -231,7 +231,7 @@ def test_two_gloo_processes_match_one_process(fast_world, tmp_path):
     assert single.returncode == 0, out
     env = {"OMP_NUM_THREADS": "1"}
     double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                             "--master-port", "29533", "-m", "wavalign.train", *common, "--name", "two"],
+                             "--standalone", "-m", "wavalign.train", *common, "--name", "two"],
                             cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, capture_output=True,
                             text=True, timeout=600)
     assert double.returncode == 0, double.stdout[-3000:] + double.stderr[-3000:]

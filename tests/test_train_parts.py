@@ -56,6 +56,32 @@ def test_override_syntax_errors_are_clear():
         apply_override({"optim": 3}, "optim.lr=1")
 
 
+@pytest.mark.parametrize("preset", ["world", "vita_audio_like", "glm4_voice_like", "kimi_like"])
+def test_train_presets_load(preset):
+    from pathlib import Path
+
+    import wavalign
+
+    path = Path(wavalign.__file__).parent / "configs" / "train" / f"{preset}.yaml"
+    config = TrainConfig.load(path)
+    assert config.mode == "hybrid" and config.objective.rl_scope == "text"
+    if preset == "world":
+        assert config == TrainConfig()  # the preset spells out the embedded default
+    else:
+        assert config.data.source == "jsonl" and config.rewards.components[0].kind == "http_judge"
+
+
+def test_real_model_preset_without_the_model_fails_clearly(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "wavalign.train", "--config", "configs/train/vita_audio_like.yaml",
+                           "--set", f"run.output_dir={tmp_path}", "--set", "run.device=cpu"],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert proc.returncode == 2 and "no such model directory" in proc.stderr, proc.stderr
+
+
 def test_reference_model_only_when_needed():
     assert TrainConfig(mode="dpo").needs_reference
     assert TrainConfig.load(None, ["objective.kl_beta_speech=0.1"]).needs_reference

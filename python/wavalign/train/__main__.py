@@ -105,7 +105,11 @@ def main(argv=None) -> int:
 
     from wavalign.train.trainer import JudgeFailureError, Trainer
 
-    trainer = Trainer(config, resume=args.resume is not None, run_dir=run_dir)
+    try:
+        trainer = Trainer(config, resume=args.resume is not None, run_dir=run_dir)
+    except (FileNotFoundError, ValueError, NotImplementedError) as error:  # bad paths, data or checkpoint
+        print(f"wavalign.train: {error}", file=sys.stderr)
+        return 2
     try:
         trainer._say(f"mode {config.mode}, {config.optim.steps} steps x {config.optim.prompts_per_step} prompts x "
                      f"{config.rollout.group_size} samples; run directory {trainer.run_dir}")

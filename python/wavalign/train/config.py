@@ -87,10 +87,18 @@ class ModelConfig:
     dtype: str = "float32"
     # ModalitySpec: a YAML file or preset name; None = <model dir>/modality.yaml, else read off the tokenizer
     modality: str | None = None
+    schedule: dict | None = None  # overrides the spec's interleave schedule, e.g. {kind: chunked, text: 13, speech: 26}
     gradient_checkpointing: bool = False
 
     def validate(self) -> None:
         _one_of(self.dtype, DTYPES, "model.dtype")
+        if self.schedule is not None:
+            from wavalign.modality import Schedule
+
+            try:
+                Schedule(**self.schedule)
+            except (TypeError, ValueError) as error:
+                raise ConfigError(f"model.schedule: {error}") from None
         _check(isinstance(self.path, str) and self.path != "", "model.path must be 'world' or a model directory")
 
 
@@ -115,7 +123,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class RolloutConfig:
     group_size: int = 4  # G samples per prompt
-    temperature: float = 0.9  # text tokens (the paper's value)
+    temperature: float = 0.7  # text tokens (the public code's value; the paper says 0.9)
     speech_temperature: float | None = None  # None: same as temperature
     top_p: float = 1.0
     top_k: int = 0
@@ -229,9 +237,9 @@ class DPOConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    steps: int = 150
+    steps: int = 80
     prompts_per_step: int = 16  # global batch of prompts (each gives group_size rollouts)
-    lr: float = 5e-4
+    lr: float = 2e-4
     warmup_steps: int = 10
     schedule: str = "cosine"
     min_lr_ratio: float = 0.1

@@ -228,6 +228,8 @@ class Trainer:
             self.spec = ModalitySpec.from_yaml(path / "modality.yaml")
         else:
             self.spec = ModalitySpec.from_tokenizer(self.tokenizer)
+        if c.schedule is not None:
+            self.spec = ModalitySpec.from_dict({**self.spec.to_dict(), "schedule": dict(c.schedule)})
         dtype = _dtype(c.dtype)
         self.policy = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(self.device)
         if self.spec.vocab_size > self.policy.get_output_embeddings().weight.shape[0]:
