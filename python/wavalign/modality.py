@@ -355,6 +355,20 @@ class ModalitySpec:
         )
 
 
+def split_response(response: Iterable[int], unit_offset: int, n_units: int,
+                   special_ids: frozenset[int]) -> tuple[list[int], list[int]]:
+    """Response ids -> (text ids without specials, speech units = id - unit_offset) for a model
+    whose speech tokens are the contiguous ids [unit_offset, unit_offset + n_units)."""
+    text_ids, units = [], []
+    for token in response:
+        token = int(token)
+        if unit_offset <= token < unit_offset + n_units:
+            units.append(token - unit_offset)
+        elif token not in special_ids:
+            text_ids.append(token)
+    return text_ids, units
+
+
 def load_preset(name: str) -> ModalitySpec:
     """A spec shipped in configs/modality/<name>.yaml (e.g. 'vita_audio_like')."""
     presets = Path(__file__).resolve().parent / "configs" / "modality"

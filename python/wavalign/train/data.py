@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import torch
 
 from wavalign.data import iter_jsonl
-from wavalign.modality import ModalitySpec
+from wavalign.modality import ModalitySpec, split_response
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +87,7 @@ class GenericFormat:
         return self.spec.layout_response(self.text_ids(text), self.unit_ids(units))
 
     def split(self, response: Sequence[int]) -> tuple[str, list[int]]:
-        text_ids, units = [], []
-        for token in response:
-            token = int(token)
-            if self.unit_offset <= token < self.unit_offset + self.n_units:
-                units.append(token - self.unit_offset)
-            elif token not in self.special_ids:
-                text_ids.append(token)
+        text_ids, units = split_response(response, self.unit_offset, self.n_units, self.special_ids)
         return self.tokenizer.decode(text_ids).strip(), units
 
 

@@ -597,6 +597,7 @@ class Trainer:
         e = self.config.eval
         examples = self.eval_examples[:e.limit]
         if not examples:
+            log.warning("no evaluation examples (set data.eval_path for JSONL data); evaluation skipped")
             return {}
         self.policy.eval()
         engine = RolloutEngine(self.policy, self.spec, pad_id=self.pad_id)

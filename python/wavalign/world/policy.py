@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from wavalign.modality import ModalitySpec, Schedule
+from wavalign.modality import ModalitySpec, Schedule, split_response
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 USER, ASSISTANT = "<|user|>", "<|assistant|>"
@@ -96,13 +96,7 @@ class ChatFormat:
 
     def split(self, response: Sequence[int]) -> tuple[str, list[int]]:
         """Generated response ids -> (text channel, speech units); specials are dropped."""
-        text_ids, units = [], []
-        for token in response:
-            token = int(token)
-            if self.unit_offset <= token < self.unit_offset + self.n_units:
-                units.append(token - self.unit_offset)
-            elif token not in self.special_ids:
-                text_ids.append(token)
+        text_ids, units = split_response(response, self.unit_offset, self.n_units, self.special_ids)
         return self.tokenizer.decode(text_ids).strip(), units
 
 
