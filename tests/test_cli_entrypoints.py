@@ -26,3 +26,19 @@ def test_train_help_and_resolved_default_config():
 
     config = yaml.safe_load(proc.stdout)
     assert config["mode"] == "hybrid" and config["optim"]["steps"] == 7 and config["data"]["source"] == "world"
+
+
+def test_eval_and_ablation_help():
+    proc = run("wavalign.eval", "--help")
+    assert proc.returncode == 0, proc.stderr
+    for flag in ("--compare", "--out", "--resamples", "--set"):
+        assert flag in proc.stdout
+    proc = run("wavalign.eval.ablation", "--help")
+    assert proc.returncode == 0, proc.stderr
+    for flag in ("--config", "--arms", "--seeds", "--report-only"):
+        assert flag in proc.stdout
+
+
+def test_ablation_report_only_without_runs_says_what_is_missing(tmp_path):
+    proc = run("wavalign.eval.ablation", "--report-only", "--out", str(tmp_path / "nothing"))
+    assert proc.returncode == 2 and "base/eval.json is missing" in proc.stderr

@@ -244,6 +244,53 @@ def test_two_gloo_processes_match_one_process(fast_world, tmp_path):
         ["rank_0.pt", "rank_1.pt"]
 
 
+def torchrun(args, cwd, nproc=2):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+                           "--standalone", "-m", "wavalign.train", *args], cwd=cwd,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_fsdp2_matches_one_process_and_resumes_exactly(fast_world, tmp_path):
+    from safetensors.torch import load_file
+
+    common = sets(*BASE, "optim.steps=3", "eval.before=false", "eval.after=false", "run.device=cpu",
+                  "run.save_every=1", "run.keep_checkpoints=5", f"run.output_dir={tmp_path}",
+                  "objective.sft_normalization=sequence_mean")
+    single = cli([*common, "--name", "one"], tmp_path)
+    out, _ = single.communicate(timeout=600)
+    assert single.returncode == 0, out
+    sharded = torchrun([*common, *sets("distributed.strategy=fsdp2"), "--name", "fsdp"], tmp_path)
+    assert sharded.returncode == 0, sharded.stdout[-3000:] + sharded.stderr[-3000:]
+    one, two = steps_of(tmp_path / "one"), steps_of(tmp_path / "fsdp")
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two):
+        for key in ("reward/mean", "gate/lambda", "loss/rl", "loss/sft", "loss/total", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), (a["step"], key, a[key], b[key])
+
+    # The checkpoint written from shards is an ordinary HF directory with the same weights.
+    final = "checkpoints/step_000003/model.safetensors"
+    w_one, w_two = load_file(str(tmp_path / "one" / final)), load_file(str(tmp_path / "fsdp" / final))
+    assert sorted(w_one) == sorted(w_two)
+    for name in w_one:
+        torch.testing.assert_close(w_one[name], w_two[name], rtol=1e-4, atol=1e-5)
+
+    # Resume from step 2 (weights and optimizer state loaded into the shards): step 3 again, exactly.
+    uninterrupted = [comparable(r) for r in read_metrics(tmp_path / "fsdp")]
+    kept = load_file(str(tmp_path / "fsdp" / final))
+    import shutil
+
+    shutil.rmtree(tmp_path / "fsdp" / "checkpoints" / "step_000003")
+    (tmp_path / "fsdp" / "checkpoints" / "latest").write_text("step_000002\n")
+    resumed = torchrun(["--resume", str(tmp_path / "fsdp")], tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "at step 2" in resumed.stdout
+    assert [comparable(r) for r in read_metrics(tmp_path / "fsdp")] == uninterrupted
+    again = load_file(str(tmp_path / "fsdp" / final))
+    assert all(torch.equal(kept[name], again[name]) for name in kept)
+
+
 def test_cli_rejects_bad_config_before_any_work(tmp_path):
     proc = cli(sets("optim.lr=-1"), tmp_path)
     out, _ = proc.communicate(timeout=120)

@@ -62,8 +62,9 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def save_checkpoint(root: Path, step: int, *, model, tokenizer, extra_files: dict[str, str],
-                    trainer_state: dict, rank_states: list[dict], keep: int) -> Path:
-    """Write checkpoint `step` under root atomically; prune to the newest `keep`. -> its path."""
+                    trainer_state: dict, rank_states: list[dict], keep: int, state_dict: dict | None = None) -> Path:
+    """Write checkpoint `step` under root atomically; prune to the newest `keep`. -> its path.
+    state_dict: the full weights when the model's own parameters are shards (FSDP2)."""
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"
     final = root / name
@@ -71,7 +72,8 @@ def save_checkpoint(root: Path, step: int, *, model, tokenizer, extra_files: dic
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
-    model.save_pretrained(str(staging), safe_serialization=True)
+    weights = {} if state_dict is None else {"state_dict": state_dict}
+    model.save_pretrained(str(staging), safe_serialization=True, **weights)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(staging))
     for filename, text in extra_files.items():

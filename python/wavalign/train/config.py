@@ -26,7 +26,9 @@ MODES = ("hybrid", "grpo", "sft", "dpo")
 DTYPES = ("float32", "bfloat16", "float16")
 DATA_SOURCES = ("world", "jsonl")
 DATA_FORMATS = ("auto", "wavalign", "public")
-REWARD_KINDS = ("world_semantic", "world_acoustic", "http_judge")
+# world_*_exact: the exact quantity the world judge estimates, without its noise and rounding
+# (an oracle, to tell the algorithm apart from judge noise; real models have no such thing)
+REWARD_KINDS = ("world_semantic", "world_acoustic", "world_semantic_exact", "world_acoustic_exact", "http_judge")
 ADVANTAGES = ("grpo", "dr_grpo", "rloo")
 SCHEDULES = ("cosine", "linear", "constant")
 PAIR_SOURCES = ("auto", "offline", "rollout", "gold")
@@ -143,7 +145,7 @@ class RolloutConfig:
 @dataclass(frozen=True)
 class RewardComponent:
     name: str
-    kind: str  # world_semantic | world_acoustic | http_judge
+    kind: str  # world_semantic | world_acoustic | world_semantic_exact | world_acoustic_exact | http_judge
     weight: float = 1.0
     options: dict = field(default_factory=dict)  # http_judge: JudgeConfig fields (base_url, model, kind, ...)
 

@@ -29,10 +29,12 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from wavalign import ops
+from wavalign.eval.core import PolicyEvaluator, mean_summary
 from wavalign.modality import ModalitySpec
 from wavalign.rewards.base import Completion, CompositeReward
 from wavalign.rollout.engine import ModalitySampling, Rollout, RolloutEngine, SamplingParams
 from wavalign.train import checkpoint as ckpt
+from wavalign.train import fsdp
 from wavalign.train.config import TrainConfig
 from wavalign.train.data import (GenericFormat, PromptSampler, RecordConverter, TrainExample, batch_columns,
                                  load_jsonl_examples, world_examples)
@@ -120,6 +122,34 @@ def lr_lambda(config):
 
 def _dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def build_reward(rc, world, seed_offset: int = 0) -> CompositeReward:
+    """The composite reward a RewardsConfig describes. World judges draw their noise from
+    rc.judge_seed + seed_offset (training uses offset 0, evaluation 10_000)."""
+    from wavalign.rewards.http_judge import HttpJudge, JudgeConfig
+
+    total = sum(c.weight for c in rc.components) if rc.normalize_weights else 1.0
+    components = {}
+    judges = world.judges(seed=rc.judge_seed + seed_offset) if world is not None else {}
+    for component in rc.components:
+        if component.kind.startswith("world_") and world is None:
+            raise ValueError(f"reward component {component.name!r} ({component.kind}) needs the built-in world")
+        if component.kind == "world_semantic":
+            fn = judges["semantic_judge"]
+        elif component.kind == "world_acoustic":
+            fn = judges["acoustic_judge"]
+        elif component.kind in ("world_semantic_exact", "world_acoustic_exact"):
+            from wavalign.world.judges import ExactScore
+
+            fn = ExactScore(world.scorer, component.kind.split("_")[1])
+        else:
+            fn = HttpJudge(JudgeConfig(**component.options))
+        components[component.name] = (fn, component.weight / total)
+    return CompositeReward(components, missing=rc.missing)
+
+
+EVAL_JUDGE_SEED_OFFSET = 10_000
 
 
 # ---------------------------------------------------------------------------- the trainer
@@ -240,9 +270,11 @@ class Trainer:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.spec.pad or 0)
         self.logprob_module = ResponseLogprobs(self.policy)
         self.trainable = self.logprob_module
-        if self.distributed:
-            if self.config.distributed.strategy == "fsdp2":
-                raise NotImplementedError("distributed.strategy 'fsdp2' is not implemented yet; use 'ddp'")
+        self.sharded = self.distributed and self.config.distributed.strategy == "fsdp2"
+        if self.sharded:  # parameters become shards; the optimizer (built later) holds only this rank's
+            fsdp.shard(self.logprob_module, self.policy, self.device)
+            _touch(self.logprob_module, self.device)
+        elif self.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             self.trainable = DistributedDataParallel(
@@ -252,6 +284,9 @@ class Trainer:
             reference = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(self.device).eval()
             reference.requires_grad_(False)
             self.reference = ResponseLogprobs(reference).eval()
+            if self.sharded:
+                fsdp.shard(self.reference, reference, self.device)
+                _touch(self.reference, self.device)
         if self.world is not None and c.path == "world":
             self.format = self.world.format
         else:
@@ -285,25 +320,11 @@ class Trainer:
 
     def _build_rewards(self):
         if self.config.mode == "sft":
-            return None, self._composite(seed_offset=10_000) if self.world is not None else None
-        return self._composite(seed_offset=0), self._composite(seed_offset=10_000)
+            return None, self._composite(seed_offset=EVAL_JUDGE_SEED_OFFSET) if self.world is not None else None
+        return self._composite(seed_offset=0), self._composite(seed_offset=EVAL_JUDGE_SEED_OFFSET)
 
     def _composite(self, seed_offset: int) -> CompositeReward:
-        from wavalign.rewards.http_judge import HttpJudge, JudgeConfig
-
-        rc = self.config.rewards
-        total = sum(c.weight for c in rc.components) if rc.normalize_weights else 1.0
-        components = {}
-        judges = self.world.judges(seed=rc.judge_seed + seed_offset) if self.world is not None else {}
-        for component in rc.components:
-            if component.kind == "world_semantic":
-                fn = judges["semantic_judge"]
-            elif component.kind == "world_acoustic":
-                fn = judges["acoustic_judge"]
-            else:
-                fn = HttpJudge(JudgeConfig(**component.options))
-            components[component.name] = (fn, component.weight / total)
-        return CompositeReward(components, missing=rc.missing)
+        return build_reward(self.config.rewards, self.world, seed_offset)
 
     def _run_dir(self) -> Path:
         name = self.config.run.name or f"{self.config.mode}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -355,9 +376,10 @@ class Trainer:
         G = self.config.rollout.group_size
         self.policy.eval()
         engine = RolloutEngine(self.policy, self.spec, pad_id=self.pad_id)
-        rollout = engine.generate([e.prompt_ids for e in examples], n=G,
-                                  params=self._sampling(self.config.run.seed * 1_000_003 + self.step),
-                                  first_row=first_prompt * G)
+        with fsdp.full_parameters(self.logprob_module):  # FSDP2: ranks decode for different lengths
+            rollout = engine.generate([e.prompt_ids for e in examples], n=G,
+                                      params=self._sampling(self.config.run.seed * 1_000_003 + self.step),
+                                      first_row=first_prompt * G)
         responses = [row[:length].tolist() for row, length in zip(rollout.ids, rollout.lengths)]
         return rollout, responses
 
@@ -383,7 +405,10 @@ class Trainer:
     def _logprobs(self, module, prompts, responses) -> tuple[torch.Tensor, torch.Tensor]:
         batch = pack(prompts, responses, self.spec, self.pad_id, self.device)
         width = batch.response.shape[1]
-        return module(batch.ids, batch.mask, batch.starts, width), batch.types
+        logp = module(batch.ids, batch.mask, batch.starts, width)
+        if module is self.reference and self.sharded:
+            module.reshard()  # no backward will free the frozen root's gathered weights
+        return logp, batch.types
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, float]:
@@ -544,6 +569,10 @@ class Trainer:
                    "rollout/length": float(lengths.mean()),
                    "rollout/text_tokens": float((types == 0).sum()) / len(lengths),
                    "rollout/speech_tokens": float((types == 1).sum()) / len(lengths),
+                   # mean -log p of the sampled tokens: an unbiased estimate of the sampling
+                   # distribution's entropy per token, by channel (nats)
+                   "rollout/text_entropy": _mean_where(-rollout.logprobs, types == 0),
+                   "rollout/speech_entropy": _mean_where(-rollout.logprobs, types == 1),
                    "rollout/eos_fraction": sum(r == "eos" for r in rollout.finish_reasons) / len(lengths)}
         metrics.update({f"reward/{name}": nan_mean(values) for name, values in components.items()})
         return metrics
@@ -564,6 +593,8 @@ class Trainer:
             t0 = time.perf_counter()
             clip = self.config.optim.grad_clip
             norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), clip if clip > 0 else float("inf"))
+            if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor over the shards
+                norm = norm.full_tensor()
             if torch.isfinite(norm):
                 self.optimizer.step()
                 out["grad_norm"] = float(norm)
@@ -581,10 +612,11 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, label: str) -> dict[str, float]:
         """Greedy responses on the eval split: exact IQ / EQ / WER (world) and mean judge reward.
-        Runs on the main process; the others wait."""
+        Runs on the main process; the others wait (under FSDP2 they first help gather the weights)."""
         result: dict[str, float] = {}
-        if self.is_main:
-            result = self._evaluate()
+        with fsdp.full_parameters(self.logprob_module):
+            if self.is_main:
+                result = self._evaluate()
         if self.distributed:
             holder = [result]
             dist.broadcast_object_list(holder, src=0)
@@ -593,44 +625,26 @@ class Trainer:
         self.run_log.write({"step": self.step, "kind": "eval", "label": label, **result})
         return result
 
-    def _evaluate(self) -> dict[str, float]:
+    def evaluator(self) -> PolicyEvaluator:
+        """Scores any policy on this run's evaluation prompts, with this run's format and judges."""
         e = self.config.eval
-        examples = self.eval_examples[:e.limit]
-        if not examples:
+        scorer = self.world.scorer if self.world is not None and self.config.data.source == "world" else None
+        return PolicyEvaluator(spec=self.spec, pad_id=self.pad_id, examples=self.eval_examples[:e.limit],
+                               format=self.format, scorer=scorer, reward_fn=self.eval_reward_fn,
+                               prompt_text=self._prompt_text, max_new_tokens=self.config.rollout.max_new_tokens,
+                               temperature=e.temperature)
+
+    def _evaluate(self) -> dict[str, float]:
+        evaluator = self.evaluator()
+        if not evaluator.examples:
             log.warning("no evaluation examples (set data.eval_path for JSONL data); evaluation skipped")
             return {}
-        self.policy.eval()
-        engine = RolloutEngine(self.policy, self.spec, pad_id=self.pad_id)
-        sampling = ModalitySampling(temperature=e.temperature)
-        params = SamplingParams(text=sampling, speech=sampling, max_new_tokens=self.config.rollout.max_new_tokens,
-                                seed=12345)
-        rollout = engine.generate([x.prompt_ids for x in examples], n=1, params=params)
-        responses = [row[:length].tolist() for row, length in zip(rollout.ids, rollout.lengths)]
-        result: dict[str, float] = {}
-        if self.world is not None and self.config.data.source == "world":
-            from wavalign.world.metrics import summarize
-
-            assessments = []
-            for example, ids in zip(examples, responses):
-                text, units = self.format.split(ids)
-                assessments.append(self.world.scorer.assess(text, units, example.columns["answer"],
-                                                            example.columns["style"]))
-            summary = summarize(assessments)
-            result.update(IQ=summary["IQ"], EQ=summary["EQ"], WER=summary["WER"], n=summary["n"])
-        if self.eval_reward_fn is not None:
-            keys = [f"eval:{row}" for row in range(len(responses))]
-            rewards, components = self._score(self.eval_reward_fn, examples, responses, 1, keys)
-            valid = ~torch.isnan(rewards)
-            result["reward"] = float(rewards[valid].mean()) if bool(valid.any()) else math.nan
-            for name, values in components.items():
-                ok = ~torch.isnan(values)
-                result[f"reward/{name}"] = float(values[ok].mean()) if bool(ok.any()) else math.nan
-        result["response_length"] = float(rollout.lengths.float().mean())
-        return result
+        return mean_summary(evaluator.run(self.policy))
 
     # ------------------------------------------------------------------ checkpoints
-    def _trainer_state(self) -> dict:
-        return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+    def _trainer_state(self, optimizer_state: dict | None = None) -> dict:
+        optimizer_state = self.optimizer.state_dict() if optimizer_state is None else optimizer_state
+        return {"step": self.step, "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
                 "gate": self.gate.state_dict(), "sampler": self.sampler.state_dict(),
                 "counters": dict(self.counters), "evaluations": self.evaluations, "world_size": self.world_size,
                 "config": self.config.to_dict()}
@@ -641,12 +655,21 @@ class Trainer:
             gathered = [None] * self.world_size
             dist.all_gather_object(gathered, states[0])
             states = gathered
+        weights = optimizer_state = None
+        if self.sharded:  # gather full tensors onto rank 0 (every rank takes part)
+            weights = fsdp.full_model_state(self.logprob_module, prefix="lm.")
+            if getattr(self.policy.config, "tie_word_embeddings", False):  # saved once, as the input embedding
+                head = next(name for name, module in self.policy.named_modules()
+                            if module is self.policy.get_output_embeddings())
+                weights.pop(f"{head}.weight", None)
+            optimizer_state = fsdp.full_optimizer_state(self.logprob_module, self.optimizer)
         path = None
         if self.is_main:
             extra = {"modality.yaml": _spec_yaml(self.spec)}
             path = ckpt.save_checkpoint(self.checkpoint_root, self.step, model=self.policy, tokenizer=self.tokenizer,
-                                        extra_files=extra, trainer_state=self._trainer_state(), rank_states=states,
-                                        keep=self.config.run.keep_checkpoints)
+                                        extra_files=extra, trainer_state=self._trainer_state(optimizer_state),
+                                        rank_states=states, keep=self.config.run.keep_checkpoints,
+                                        state_dict=weights)
         if self.distributed:
             dist.barrier()
         return path
@@ -667,12 +690,18 @@ class Trainer:
         from safetensors.torch import load_file
 
         weights = load_file(str(path / "model.safetensors"), device=str(self.device))
-        missing, unexpected = self.policy.load_state_dict(weights, strict=False)
+        if self.sharded:
+            missing, unexpected = fsdp.load_full_model_state(self.logprob_module, weights, prefix="lm.")
+        else:
+            missing, unexpected = self.policy.load_state_dict(weights, strict=False)
         missing = [m for m in missing if not (self.policy.config.tie_word_embeddings and m == "lm_head.weight")]
         if missing or unexpected:
             raise ValueError(f"{path}: checkpoint weights do not match the model (missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]})")
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            fsdp.load_full_optimizer_state(self.logprob_module, self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.gate.load_state_dict(state["gate"])
         self.sampler.load_state_dict(state["sampler"])
@@ -763,6 +792,19 @@ class Trainer:
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _mean_where(values: torch.Tensor, mask: torch.Tensor) -> float:
+    return float(values[mask].mean()) if bool(mask.any()) else math.nan
+
+
+@torch.no_grad()
+def _touch(module: ResponseLogprobs, device: torch.device) -> None:
+    """One tiny forward through a freshly sharded root. FSDP2 decides which unit is the root
+    on the first forward; rollouts call the blocks directly, so the root must go first."""
+    ids = torch.zeros(1, 2, dtype=torch.long, device=device)
+    module(ids, torch.ones_like(ids), torch.ones(1, dtype=torch.long, device=device), 1)
+    module.reshard()  # the root keeps its gathered weights after forward; the optimizer must see the shards
 
 
 def _spec_yaml(spec: ModalitySpec) -> str:

@@ -11,6 +11,10 @@ column (the trainer passes "step:global_row"), from a stream keyed by (seed, key
 sample's score does not depend on call order, so a resumed run or a batch split across
 processes gets exactly the scores of one uninterrupted process.
 Their Spearman correlation with the exact quantities is measured at build time (report.json).
+
+A completion is heard through its `audio` waveform when it has one (at its `sample_rate`,
+resampled to the world's rate; a real model ships its own speech decoder), and through its
+world `speech_units` otherwise; `audio` without `sample_rate` raises ValueError.
 """
 
 from __future__ import annotations
@@ -24,6 +28,13 @@ from wavalign.world.config import JudgeNoise
 from wavalign.world.metrics import Assessment, WorldScorer
 
 log = logging.getLogger(__name__)
+
+
+def assess(scorer: WorldScorer, completion: Completion, answer: str, style: str) -> Assessment:
+    """Listen to the completion's waveform when it has one, else to its world speech units."""
+    if completion.audio is not None:
+        return scorer.assess_audio(completion.text, completion.audio, completion.sample_rate, answer, style)
+    return scorer.assess(completion.text, completion.speech_units, answer, style)
 
 
 class _WorldJudge:
@@ -56,11 +67,12 @@ class _WorldJudge:
 
     def __call__(self, prompts: Sequence, completions: Sequence[Completion], *, answer: Sequence[str],
                  style: Sequence[str], sample_key: Sequence[str] | None = None, **_columns) -> list[float | None]:
+        """1-5 or None per completion, hearing its `audio` when given, else its `speech_units`."""
         keys = [None] * len(completions) if sample_key is None else list(sample_key)
         if not (len(completions) == len(answer) == len(style) == len(keys)):
             raise ValueError(f"{self.name}: {len(completions)} completions but {len(answer)} answers, "
                              f"{len(style)} styles and {len(keys)} sample keys")
-        return [self.judge(self.scorer.assess(c.text, c.speech_units, a, s), k)
+        return [self.judge(assess(self.scorer, c, a, s), k)
                 for c, a, s, k in zip(completions, answer, style, keys)]
 
 
@@ -76,3 +88,27 @@ class AcousticJudge(_WorldJudge):
 
     def exact(self, assessment: Assessment) -> float:
         return assessment.eq
+
+
+class ExactScore:
+    """The exact quantity a world judge estimates (semantic: correctness + agreement; acoustic:
+    EQ), with no noise, rounding or failures. An oracle reward for diagnostics: it shows what
+    an algorithm does when the reward is right, separately from what judge noise does to it.
+    Like the judges, it hears a completion's `audio` when given, else its `speech_units`."""
+
+    def __init__(self, scorer: WorldScorer, quantity: str):
+        if quantity not in ("semantic", "acoustic"):
+            raise ValueError(f"quantity must be 'semantic' or 'acoustic', got {quantity!r}")
+        self.scorer, self.quantity = scorer, quantity
+        self.__name__ = f"{quantity}_exact"
+
+    def __call__(self, prompts: Sequence, completions: Sequence[Completion], *, answer: Sequence[str],
+                 style: Sequence[str], **_columns) -> list[float]:
+        if not (len(completions) == len(answer) == len(style)):
+            raise ValueError(f"{self.__name__}: {len(completions)} completions but {len(answer)} answers and "
+                             f"{len(style)} styles")
+        out = []
+        for c, a, s in zip(completions, answer, style):
+            assessment = assess(self.scorer, c, a, s)
+            out.append(float(assessment.semantic_score if self.quantity == "semantic" else assessment.eq))
+        return out

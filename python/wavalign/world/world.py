@@ -92,10 +92,11 @@ class World:
         return rollout, channels
 
     def evaluate(self, model, split: str = "test", *, temperature: float = 0.0, n: int = 1, seed: int = 0,
-                 limit: int | None = None) -> tuple[dict, list[Assessment]]:
+                 limit: int | None = None, max_new_tokens: int = 160) -> tuple[dict, list[Assessment]]:
         """Exact IQ / EQ / WER of `model` on a split. -> (summary, per-row assessments)."""
         examples = self.examples(split)[:limit]
-        _, channels = self.generate(model, examples, n=n, temperature=temperature, seed=seed)
+        _, channels = self.generate(model, examples, n=n, temperature=temperature, seed=seed,
+                                    max_new_tokens=max_new_tokens)
         assessments = [self.scorer.assess(text, units, examples[row // n]["answer"], examples[row // n]["style"])
                        for row, (text, units) in enumerate(channels)]
         return summarize(assessments), assessments

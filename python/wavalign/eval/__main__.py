@@ -1,0 +1,110 @@
+"""`python -m wavalign.eval` — score a policy on the built-in world's test split, with
+bootstrap 95% confidence intervals, or compare two policies prompt by prompt.
+
+    python -m wavalign.eval                                  # the world's base policy
+    python -m wavalign.eval runs/my-run                      # a run's latest checkpoint
+    python -m wavalign.eval runs/my-run/checkpoints/step_80 --out trained.json
+    python -m wavalign.eval --compare base runs/my-run       # B - A per metric, judge win rate
+
+Metrics per prompt (greedy response): IQ (answer correct, %), EQ (style 1-5), text-speech
+WER (consistency of the two channels), the composite judge reward and each judge. A run's
+own config (world, judges, response budget) is used when the target is a run or checkpoint;
+a comparison scores both policies with the same settings and judge noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from wavalign.eval.checkpoints import Target, load_model, load_world_for, resolve_target, world_evaluator
+from wavalign.eval.report import (comparison_table, compare, jsonable, records_from_json, summarize,
+                                  summary_table)
+from wavalign.eval.stats import DEFAULT_RESAMPLES
+from wavalign.train.config import ConfigError, TrainConfig
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m wavalign.eval", description=__doc__.split("\n")[0])
+    p.add_argument("target", nargs="?", default="base",
+                   help="'base' (default), a run directory, a checkpoint directory or a result .json")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two targets prompt by prompt")
+    p.add_argument("--config", help="TrainConfig YAML for the world, judges and response budget "
+                   "(default: the target run's config.yaml, else the defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set eval.limit=50 or --set data.world=fast")
+    p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples (default 2000)")
+    p.add_argument("--out", help="write the result (summary, per-prompt records) as JSON here")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    return p.parse_args(argv)
+
+
+def _config(args, targets: list[Target]) -> TrainConfig:
+    path = args.config
+    if path is None:
+        path = next((t.run_config for t in targets if t.run_config is not None), None)
+    return TrainConfig.load(path, list(args.overrides))
+
+
+def _records(target: Target, config: TrainConfig, world, evaluator, device) -> list[dict]:
+    if target.saved is not None:
+        return records_from_json(target.saved["records"])
+    policy, spec = load_model(target.model_dir, device)
+    if spec is not None and spec != evaluator.spec:
+        raise ValueError(f"{target.label}: its modality.yaml differs from the world's layout")
+    print(f"[eval] {target.label}: {len(evaluator.examples)} prompts ({config.eval.split} split)", flush=True)
+    return evaluator.run(policy)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    if args.resamples < 100:
+        print("wavalign.eval: --resamples must be at least 100", file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    names = list(args.compare) if args.compare else [args.target]
+    try:
+        # The world is needed for 'base' and for scoring; saved results need nothing.
+        needs_world = any(n == "base" or not n.endswith(".json") for n in names)
+        preliminary = [resolve_target(n) for n in names if n != "base"]
+        config = _config(args, preliminary)
+        world = load_world_for(config) if needs_world else None
+        targets = [resolve_target(n, world) for n in names]
+        evaluator = world_evaluator(config, world) if world is not None else None
+        records = [_records(t, config, world, evaluator, device) for t in targets]
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"wavalign.eval: {error}", file=sys.stderr)
+        return 2
+
+    if args.compare:
+        try:
+            result = compare(records[0], records[1], resamples=args.resamples)
+        except ValueError as error:
+            print(f"wavalign.eval: {error}", file=sys.stderr)
+            return 2
+        table = comparison_table(result, targets[0].label, targets[1].label)
+        output = {"a": targets[0].label, "b": targets[1].label, "split": config.eval.split, "n": len(records[0]),
+                  **result, "records_a": records[0], "records_b": records[1]}
+    else:
+        summary = summarize(records[0], resamples=args.resamples)
+        table = summary_table(summary)
+        output = {"target": targets[0].label, "split": config.eval.split, "n": len(records[0]),
+                  "metrics": summary, "records": records[0]}
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(jsonable(output), indent=1) + "\n")
+        print(f"[eval] wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

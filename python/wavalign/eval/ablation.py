@@ -1,0 +1,414 @@
+"""`python -m wavalign.eval.ablation` — the paper's comparison on the built-in world.
+
+Every arm trains the same base policy (the world's) with its own TrainConfig overrides, for
+each seed; every trained policy is scored on the test split by the same evaluator (greedy,
+the same judge noise per prompt). The base policy is scored once. Results go to OUT:
+
+    OUT/base/eval.json                 base policy, per-prompt records
+    OUT/<arm>/seed_<s>/                the training run (config, metrics.jsonl, checkpoint)
+    OUT/<arm>/seed_<s>/eval.json       its per-prompt records
+    OUT/results.json, OUT/table.md     means over seeds and prompts with 95% CIs, and the
+                                       change from the base policy (paired), per arm
+    OUT/plots/*.png                    reward curves, gate lambda, IQ/EQ per arm
+
+A finished (arm, seed) is not trained again when its eval.json exists and was made with the
+same config, so an interrupted ablation continues where it stopped.
+
+    python -m wavalign.eval.ablation                               # CPU profile (configs/ablation/cpu.yaml)
+    python -m wavalign.eval.ablation --config configs/ablation/gpu.yaml
+    python -m wavalign.eval.ablation --arms sft wavalign --seeds 0  # a subset
+    python -m wavalign.eval.ablation --report-only                  # re-aggregate finished runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from wavalign.eval.core import METRICS, mean_summary
+from wavalign.eval.report import digits, jsonable, records_from_json
+from wavalign.eval.stats import seeded_mean_ci
+from wavalign.train.config import ConfigError, TrainConfig
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ablation" / "cpu.yaml"
+TABLE_METRICS = ("IQ", "EQ", "WER", "reward")
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    mode: str
+    overrides: tuple[str, ...] = ()
+    description: str = ""
+    paper: str = ""  # the paper's row this arm stands for
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    name: str
+    seeds: tuple[int, ...]
+    common: tuple[str, ...]  # TrainConfig overrides for every arm
+    arms: tuple[Arm, ...] = field(default_factory=tuple)
+    reference: str | None = None  # the arm every other arm is also compared with
+
+    @classmethod
+    def load(cls, path: str | Path) -> "AblationConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ablation config not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping")
+        unknown = set(data) - {"name", "seeds", "common", "arms", "reference"}
+        if unknown:
+            raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
+        seeds = data.get("seeds", [0, 1, 2])
+        if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds)):
+            raise ConfigError(f"{path}: seeds must be a non-empty list of integers >= 0")
+        common = data.get("common", [])
+        if not (isinstance(common, list) and all(isinstance(s, str) for s in common)):
+            raise ConfigError(f"{path}: common must be a list of 'section.field=value' strings")
+        arms = []
+        for index, raw in enumerate(data.get("arms") or []):
+            if not isinstance(raw, dict) or "name" not in raw or "mode" not in raw:
+                raise ConfigError(f"{path}: arms[{index}] needs at least a name and a mode")
+            extra = set(raw) - {"name", "mode", "set", "description", "paper"}
+            if extra:
+                raise ConfigError(f"{path}: arms[{index}] ({raw['name']}) has unknown keys {sorted(extra)}")
+            overrides = raw.get("set", [])
+            if not (isinstance(overrides, list) and all(isinstance(s, str) for s in overrides)):
+                raise ConfigError(f"{path}: arms[{index}].set must be a list of 'section.field=value' strings")
+            arms.append(Arm(str(raw["name"]), str(raw["mode"]), tuple(overrides), str(raw.get("description", "")),
+                            str(raw.get("paper", ""))))
+        if not arms:
+            raise ConfigError(f"{path}: no arms")
+        names = [a.name for a in arms]
+        if len(set(names)) != len(names) or "base" in names:
+            raise ConfigError(f"{path}: arm names must be unique and not 'base', got {names}")
+        reference = data.get("reference")
+        if reference is not None and reference not in names:
+            raise ConfigError(f"{path}: reference {reference!r} is not one of the arms {names}")
+        config = cls(str(data.get("name", path.stem)), tuple(seeds), tuple(common), tuple(arms), reference)
+        for arm in config.arms:  # fail on a bad override before hours of training
+            for seed in config.seeds:
+                config.train_config(arm, seed, Path("."))
+        return config
+
+    def train_config(self, arm: Arm, seed: int, out: Path) -> TrainConfig:
+        overrides = list(self.common) + list(arm.overrides) + [
+            f"mode={arm.mode}", f"run.seed={seed}", f"run.output_dir={out / arm.name}", f"run.name=seed_{seed}",
+            "eval.before=false", "eval.after=false"]
+        try:
+            return TrainConfig.load(None, overrides)
+        except (ConfigError, ValueError) as error:
+            raise ConfigError(f"arm {arm.name}: {error}") from None
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(jsonable(data), indent=1) + "\n")
+    tmp.replace(path)
+
+
+def _finished(path: Path, config: TrainConfig) -> bool:
+    if not path.is_file():
+        return False
+    saved = json.loads(path.read_text())
+    return saved.get("config") == config.to_dict()
+
+
+def run_arm(arm: Arm, seed: int, config: TrainConfig, world, out: Path) -> dict:
+    from wavalign.train.trainer import Trainer
+
+    run_dir = out / arm.name / f"seed_{seed}"
+    start = time.perf_counter()
+    trainer = Trainer(config, world=world, run_dir=run_dir)
+    try:
+        trainer.fit()
+        train_seconds = time.perf_counter() - start
+        records = trainer.evaluator().run(trainer.policy)
+    finally:
+        trainer.close()
+    result = {"arm": arm.name, "seed": seed, "config": config.to_dict(), "train_seconds": train_seconds,
+              "eval_seconds": time.perf_counter() - start - train_seconds, "records": records}
+    _write_json(run_dir / "eval.json", result)
+    return result
+
+
+def run_base(config: TrainConfig, world, out: Path) -> dict:
+    from wavalign.eval.checkpoints import load_model, world_evaluator
+
+    path = out / "base" / "eval.json"
+    reference = {"eval": config.to_dict()["eval"], "rewards": config.to_dict()["rewards"],
+                 "max_new_tokens": config.rollout.max_new_tokens, "world": config.data.world}
+    if path.is_file() and json.loads(path.read_text()).get("config") == reference:
+        return json.loads(path.read_text())
+    policy, _ = load_model(world.policy_path, device=_device(config))
+    records = world_evaluator(config, world).run(policy)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result = {"arm": "base", "seed": None, "config": reference, "records": records}
+    _write_json(path, result)
+    return result
+
+
+def _device(config: TrainConfig):
+    import torch
+
+    choice = config.run.device
+    return torch.device("cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+# ---------------------------------------------------------------------------- aggregation
+def aggregate(ablation: AblationConfig, out: Path, resamples: int = 2000) -> dict:
+    """Means over seeds and prompts with two-level bootstrap CIs, and paired changes from base."""
+    base_path = out / "base" / "eval.json"
+    if not base_path.is_file():
+        raise FileNotFoundError(f"{base_path} is missing: run the ablation first")
+    base_saved = json.loads(base_path.read_text())
+    base = records_from_json(base_saved["records"])
+    base_rewards = base_saved.get("config", {}).get("rewards")
+    ids = [r["id"] for r in base]
+    summary = {"name": ablation.name, "seeds": [], "n_prompts": len(base),
+               "base": {m: seeded_mean_ci([[r[m] for r in base]], resamples=resamples) for m in TABLE_METRICS},
+               "arms": {}}
+    matrices: dict[str, dict[int, list[dict]]] = {}
+    for arm in ablation.arms:
+        runs = []
+        for seed in ablation.seeds:
+            path = out / arm.name / f"seed_{seed}" / "eval.json"
+            if path.is_file():
+                saved = json.loads(path.read_text())
+                records = records_from_json(saved["records"])
+                if [r["id"] for r in records] != ids:
+                    raise ValueError(f"{path}: scored on other prompts than the base evaluation")
+                if saved.get("config", {}).get("rewards") != base_rewards:
+                    # judged by other reward functions than the base: its reward is not comparable
+                    for record in records:
+                        record["reward"] = math.nan
+                runs.append((seed, records, saved.get("train_seconds", math.nan)))
+        if not runs:
+            continue
+        matrices[arm.name] = {seed: records for seed, records, _ in runs}
+        entry = {"description": arm.description, "paper": arm.paper, "mode": arm.mode,
+                 "overrides": list(arm.overrides), "seeds": [s for s, _, _ in runs],
+                 "train_seconds": sum(t for _, _, t in runs) / len(runs), "metrics": {}}
+        for metric in TABLE_METRICS:
+            matrix = [[r[metric] for r in records] for _, records, _ in runs]  # [seeds, prompts]
+            baseline = [r[metric] for r in base]
+            per_seed = [float(sum(x for x in row if not math.isnan(x)) / max(1, sum(not math.isnan(x) for x in row)))
+                        for row in matrix]
+            entry["metrics"][metric] = {
+                "value": seeded_mean_ci(matrix, resamples=resamples),
+                "change": seeded_mean_ci(matrix, baseline=baseline, resamples=resamples),
+                "per_seed": per_seed}
+        summary["arms"][arm.name] = entry
+        summary["seeds"] = sorted(set(summary["seeds"]) | set(entry["seeds"]))
+    reference = ablation.reference
+    if reference in matrices:
+        summary["reference"] = reference
+        for name, by_seed in matrices.items():
+            if name == reference:
+                continue
+            seeds = sorted(set(by_seed) & set(matrices[reference]))  # seed k of one arm against seed k
+            summary["arms"][name]["versus_reference"] = {
+                metric: seeded_mean_ci([[x[metric] - y[metric] for x, y in zip(by_seed[s], matrices[reference][s])]
+                                        for s in seeds], resamples=resamples)
+                for metric in TABLE_METRICS} if seeds else {}
+    return summary
+
+
+def format_tables(summary: dict) -> str:
+    lines = [f"Ablation '{summary['name']}': {summary['n_prompts']} test prompts, greedy; means over seeds "
+             f"{summary['seeds']} and prompts, 95% bootstrap CIs (seeds and prompts resampled).", ""]
+    header = "| arm | " + " | ".join(f"{m}" for m in TABLE_METRICS) + " |"
+    lines += [header, "|---" * (len(TABLE_METRICS) + 1) + "|"]
+    base = summary["base"]
+    lines.append("| base policy | " + " | ".join(base[m].format(digits(m)) for m in TABLE_METRICS) + " |")
+    for name, entry in summary["arms"].items():
+        cells = [entry["metrics"][m]["value"].format(digits(m)) for m in TABLE_METRICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Change from the base policy (paired by prompt):", "",
+              "| arm | " + " | ".join(f"Δ{m}" for m in TABLE_METRICS) + " | per-seed ΔIQ / ΔEQ | s/run |",
+              "|---" * (len(TABLE_METRICS) + 3) + "|"]
+    for name, entry in summary["arms"].items():
+        cells = []
+        for m in TABLE_METRICS:
+            change = entry["metrics"][m]["change"]
+            mark = ""
+            if not math.isnan(change.low) and METRICS[m] is not None and (change.low > 0 or change.high < 0):
+                better = (change.low > 0) == METRICS[m]
+                mark = " ↑" if better else " ↓"
+            cells.append(change.format(digits(m), signed=True) + mark)
+        base_iq, base_eq = base["IQ"].mean, base["EQ"].mean
+        per_seed = ", ".join(f"{iq - base_iq:+.1f}/{eq - base_eq:+.2f}" for iq, eq in
+                             zip(entry["metrics"]["IQ"]["per_seed"], entry["metrics"]["EQ"]["per_seed"]))
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {per_seed} | {entry['train_seconds']:.0f} |")
+    lines += ["", "↑ / ↓: the 95% CI of the change excludes 0 (better / worse than base; lower WER is better).",
+              "n/a reward: the arm trains and is scored with other reward functions than the base policy."]
+    reference = summary.get("reference")
+    if reference:
+        lines += ["", f"Difference from {reference} (seed k against seed k, paired by prompt):", "",
+                  "| arm | " + " | ".join(f"Δ{m}" for m in TABLE_METRICS) + " |",
+                  "|---" * (len(TABLE_METRICS) + 1) + "|"]
+        for name, entry in summary["arms"].items():
+            versus = entry.get("versus_reference")
+            if not versus:
+                continue
+            cells = []
+            for m in TABLE_METRICS:
+                d = versus[m]
+                mark = ""
+                if not math.isnan(d.low) and METRICS[m] is not None and (d.low > 0 or d.high < 0):
+                    mark = " ↑" if (d.low > 0) == METRICS[m] else " ↓"
+                cells.append(d.format(digits(m), signed=True) + mark)
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["", f"↑ / ↓: better / worse than {reference}, the 95% CI excluding 0."]
+    return "\n".join(lines)
+
+
+def plot(ablation: AblationConfig, summary: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from wavalign.train.run_log import read_metrics
+
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    written = []
+    for key, filename, title in (("reward/mean", "reward_curves.png", "training reward (mean over seeds)"),
+                                 ("gate/lambda", "lambda.png", "gate λ (RL weight), mean over seeds")):
+        figure, axis = plt.subplots(figsize=(7.5, 4))
+        drawn = False
+        for arm in ablation.arms:
+            curves = []
+            for seed in ablation.seeds:
+                train = [r for r in read_metrics(out / arm.name / f"seed_{seed}") if r.get("kind") == "train"]
+                points = {r["step"]: r[key] for r in train if r.get(key) is not None}
+                if points:
+                    curves.append(points)
+            if not curves:
+                continue
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            mean = [sum(c[s] for c in curves) / len(curves) for s in steps]
+            window = 5  # moving average: rollout rewards are noisy step to step
+            smooth = [sum(mean[max(0, i - window + 1):i + 1]) / len(mean[max(0, i - window + 1):i + 1])
+                      for i in range(len(mean))]
+            axis.plot(steps, smooth, label=arm.name, linewidth=1.3)
+            drawn = True
+        if drawn:
+            axis.set_title(title)
+            axis.set_xlabel("step")
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=8)
+            figure.tight_layout()
+            figure.savefig(plots / filename, dpi=100)
+            written.append(plots / filename)
+        plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(7, 5))
+    base = summary["base"]
+    axis.scatter([base["IQ"].mean], [base["EQ"].mean], marker="*", s=200, color="black", label="base", zorder=3)
+    for index, (name, entry) in enumerate(summary["arms"].items()):
+        color = f"C{index % 10}"
+        iq, eq = entry["metrics"]["IQ"], entry["metrics"]["EQ"]
+        axis.scatter(iq["per_seed"], eq["per_seed"], color=color, alpha=0.35, s=18)
+        axis.errorbar([iq["value"].mean], [eq["value"].mean],
+                      xerr=[[iq["value"].mean - iq["value"].low], [iq["value"].high - iq["value"].mean]],
+                      yerr=[[eq["value"].mean - eq["value"].low], [eq["value"].high - eq["value"].mean]],
+                      fmt="o", color=color, label=name, capsize=3)
+    axis.set_xlabel("IQ (% correct, test)")
+    axis.set_ylabel("EQ (style, 1-5, test)")
+    axis.set_title("IQ and EQ per method (mean, 95% CI; faint: single seeds)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(plots / "iq_eq.png", dpi=100)
+    plt.close(figure)
+    written.append(plots / "iq_eq.png")
+    return written
+
+
+# ---------------------------------------------------------------------------- command line
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m wavalign.eval.ablation", description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="ablation YAML (default: the CPU profile)")
+    p.add_argument("--out", help="output directory (default: runs/ablation-<name>)")
+    p.add_argument("--arms", nargs="+", help="run only these arms")
+    p.add_argument("--seeds", nargs="+", type=int, help="run only these seeds")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra TrainConfig override for every arm (e.g. run.device=cuda)")
+    p.add_argument("--report-only", action="store_true", help="aggregate the finished runs; train nothing")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        ablation = AblationConfig.load(args.config)
+        if args.overrides:
+            ablation = AblationConfig(ablation.name, ablation.seeds, ablation.common + tuple(args.overrides),
+                                      ablation.arms, ablation.reference)
+        arms = [a for a in ablation.arms if not args.arms or a.name in args.arms]
+        unknown = set(args.arms or []) - {a.name for a in ablation.arms}
+        if unknown:
+            raise ConfigError(f"--arms: no such arm {sorted(unknown)}; the config has {[a.name for a in ablation.arms]}")
+        seeds = [s for s in (args.seeds or ablation.seeds)]
+        out = Path(args.out or f"runs/ablation-{ablation.name}")
+        base_config = TrainConfig.load(None, list(ablation.common))
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"wavalign.eval.ablation: {error}", file=sys.stderr)
+        return 2
+
+    if not args.report_only:
+        from wavalign.eval.checkpoints import load_world_for
+
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one "Writing model shards" bar per run drowns the log
+        world = load_world_for(base_config)
+        start = time.perf_counter()
+        run_base(base_config, world, out)
+        jobs = [(arm, seed) for arm in arms for seed in seeds]
+        for index, (arm, seed) in enumerate(jobs, 1):
+            config = ablation.train_config(arm, seed, out)
+            done = out / arm.name / f"seed_{seed}" / "eval.json"
+            elapsed = (time.perf_counter() - start) / 60
+            if _finished(done, config):
+                print(f"[ablation] {index}/{len(jobs)} {arm.name} seed {seed}: done before, kept", flush=True)
+                continue
+            print(f"[ablation] {index}/{len(jobs)} {arm.name} seed {seed} ({elapsed:.1f} min so far)", flush=True)
+            result = run_arm(arm, seed, config, world, out)
+            means = mean_summary(result["records"])
+            print(f"[ablation]   IQ {means.get('IQ', math.nan):.1f}  EQ {means.get('EQ', math.nan):.2f}  "
+                  f"reward {means.get('reward', math.nan):.2f}  ({result['train_seconds']:.0f} s training, "
+                  f"{result['eval_seconds']:.0f} s eval)", flush=True)
+        print(f"[ablation] all runs finished in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+
+    try:
+        summary = aggregate(ablation, out, resamples=args.resamples)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"wavalign.eval.ablation: {error}", file=sys.stderr)
+        return 2
+    table = format_tables(summary)
+    (out / "table.md").write_text(table + "\n")
+    _write_json(out / "results.json", summary)
+    plot(ablation, summary, out)
+    print(table)
+    print(f"[ablation] wrote {out}/results.json, table.md, plots/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

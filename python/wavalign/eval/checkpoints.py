@@ -1,0 +1,95 @@
+"""Resolve what to evaluate (base policy, run directory, checkpoint, saved result) and build
+the evaluator for the built-in world."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from wavalign.eval.core import PolicyEvaluator
+from wavalign.modality import ModalitySpec
+from wavalign.train import checkpoint as ckpt
+from wavalign.train.config import TrainConfig
+from wavalign.train.data import world_examples
+
+
+@dataclass
+class Target:
+    """One thing to score: a model directory, or the records of an earlier evaluation."""
+
+    label: str
+    model_dir: Path | None = None
+    run_config: Path | None = None  # the training run's config.yaml, when there is one
+    saved: dict | None = None  # a result JSON written by `python -m wavalign.eval --out`
+
+
+def resolve_target(name: str, world=None) -> Target:
+    """'base' (the world's policy), a run directory (its latest checkpoint), a checkpoint
+    directory (config.json + weights) or a result JSON from an earlier evaluation."""
+    if name == "base":
+        if world is None:
+            raise ValueError("'base' is the built-in world's policy; it needs the world")
+        return Target("base", model_dir=world.policy_path)
+    path = Path(name)
+    if not path.exists():
+        raise FileNotFoundError(f"no such checkpoint, run directory or result file: {path}")
+    if path.is_file():
+        if path.suffix != ".json":
+            raise ValueError(f"{path}: expected a result .json from `python -m wavalign.eval --out`")
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+        if not isinstance(saved, dict) or "records" not in saved:
+            raise ValueError(f"{path}: has no per-prompt 'records'; write it with `python -m wavalign.eval --out`")
+        return Target(saved.get("target", path.stem), saved=saved)
+    if (path / "config.json").is_file():  # a checkpoint: runs/<name>/checkpoints/step_N
+        run_config = path.parent.parent / "config.yaml"
+        return Target(str(path), model_dir=path, run_config=run_config if run_config.is_file() else None)
+    if (path / "checkpoints").is_dir():  # a run directory
+        latest = ckpt.latest_checkpoint(path / "checkpoints")
+        if latest is None:
+            raise FileNotFoundError(f"{path}/checkpoints has no complete checkpoint")
+        run_config = path / "config.yaml"
+        return Target(str(path), model_dir=latest, run_config=run_config if run_config.is_file() else None)
+    raise ValueError(f"{path} is neither a checkpoint (no config.json) nor a run directory (no checkpoints/)")
+
+
+def load_world_for(config: TrainConfig):
+    from wavalign.world import load_world
+    from wavalign.world.config import WorldConfig
+
+    choice = config.data.world
+    world_config = {"default": WorldConfig, "fast": WorldConfig.fast}.get(choice)
+    return load_world(world_config() if world_config else WorldConfig.from_yaml(choice))
+
+
+def load_model(model_dir: Path, device: torch.device, dtype: torch.dtype = torch.float32):
+    """-> (policy in eval mode, its ModalitySpec or None when the directory has none)."""
+    from transformers import AutoModelForCausalLM
+
+    policy = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device).eval()
+    spec_file = model_dir / "modality.yaml"
+    return policy, (ModalitySpec.from_yaml(spec_file) if spec_file.is_file() else None)
+
+
+def world_evaluator(config: TrainConfig, world, spec: ModalitySpec | None = None) -> PolicyEvaluator:
+    """The evaluator the trainer uses for `config` on the world, built without a trainer:
+    same split, limit, greedy decoding, response budget, and judges (seed + 10_000)."""
+    from wavalign.train.trainer import EVAL_JUDGE_SEED_OFFSET, build_reward
+
+    examples = world_examples(world.examples(config.eval.split))[:config.eval.limit]
+    tokenizer = world.tokenizer
+
+    def prompt_text(example):
+        return example.prompt_text if example.prompt_text is not None else tokenizer.decode(
+            example.prompt_ids, skip_special_tokens=True)
+
+    return PolicyEvaluator(spec=spec or world.spec, pad_id=tokenizer.pad_token_id, examples=examples,
+                           format=world.format, scorer=world.scorer,
+                           reward_fn=build_reward(config.rewards, world, EVAL_JUDGE_SEED_OFFSET),
+                           prompt_text=prompt_text, max_new_tokens=config.rollout.max_new_tokens,
+                           temperature=config.eval.temperature)

@@ -1,0 +1,147 @@
+"""`python -m wavalign.eval` and the ablation runner on the fast built-in world."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wavalign.eval.ablation import AblationConfig
+from wavalign.train.config import ConfigError
+
+FAST = ["--set", "data.world=fast", "--set", "eval.limit=8", "--set", "rollout.max_new_tokens=48"]
+
+
+def run(args, cwd, timeout=600):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_eval_scores_the_base_policy_exactly_and_compares_it_with_itself(fast_world, tmp_path):
+    first = run(["-m", "wavalign.eval", *FAST, "--out", "base.json", "--resamples", "200"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "| IQ (% correct) |" in first.stdout and "95% CI" in first.stdout
+    saved = json.loads((tmp_path / "base.json").read_text())
+    assert saved["n"] == 8 and len(saved["records"]) == 8
+
+    # The evaluator's IQ / EQ / WER are the world's own exact metrics for the same greedy responses.
+    summary, _ = fast_world.evaluate(fast_world.load_policy(), "test", limit=8, max_new_tokens=48)
+    records = saved["records"]
+    assert sum(r["IQ"] for r in records) / 8 == pytest.approx(summary["IQ"])
+    assert sum(r["EQ"] for r in records) / 8 == pytest.approx(summary["EQ"])
+    assert sum(r["WER"] for r in records) / 8 == pytest.approx(summary["WER"])
+    assert all(1.0 <= r["reward"] <= 5.0 for r in records if r["reward"] is not None)
+
+    # Scoring again gives the same responses and judge noise: zero difference, 50% win rate.
+    again = run(["-m", "wavalign.eval", *FAST, "--compare", "base", "base.json", "--resamples", "200",
+                 "--out", "cmp.json"], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    result = json.loads((tmp_path / "cmp.json").read_text())
+    for name, entry in result["metrics"].items():
+        assert entry["difference"]["mean"] == 0.0, name
+    assert result["win_rate"]["reward"]["mean"] == 50.0
+    assert "win rate of B over A" in again.stdout
+
+
+def test_eval_of_a_trained_checkpoint_differs_from_base(fast_world, tmp_path):
+    from wavalign.train.config import TrainConfig
+    from wavalign.train.trainer import Trainer
+
+    config = TrainConfig.load(None, ["data.world=fast", "mode=sft", "optim.steps=15", "optim.lr=2e-3",
+                                     "optim.prompts_per_step=4", "eval.before=false", "eval.after=false",
+                                     "run.progress=false", "run.plots=false", "run.tensorboard=false",
+                                     "rollout.max_new_tokens=48", "eval.limit=8", f"run.output_dir={tmp_path}",
+                                     "run.name=trained"])
+    trainer = Trainer(config, world=fast_world)
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+    proc = run(["-m", "wavalign.eval", "--compare", "base", str(tmp_path / "trained"), "--resamples", "200",
+                "--out", "cmp.json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "cmp.json").read_text())
+    assert result["n"] == 8  # the run's own config (eval.limit=8) was used for both
+    assert result["records_a"] != result["records_b"]
+    assert any(entry["difference"]["mean"] != 0.0 for entry in result["metrics"].values())
+
+
+def test_eval_rejects_missing_and_malformed_targets(tmp_path):
+    proc = run(["-m", "wavalign.eval", str(tmp_path / "nowhere")], tmp_path)
+    assert proc.returncode == 2 and "no such checkpoint" in proc.stderr
+    (tmp_path / "bad.json").write_text("{not json")
+    proc = run(["-m", "wavalign.eval", str(tmp_path / "bad.json")], tmp_path)
+    assert proc.returncode == 2 and "not valid JSON" in proc.stderr
+    (tmp_path / "plain").mkdir()
+    proc = run(["-m", "wavalign.eval", str(tmp_path / "plain")], tmp_path)
+    assert proc.returncode == 2 and "neither a checkpoint" in proc.stderr
+
+
+def _ablation_yaml(tmp_path, arms: str) -> str:
+    path = tmp_path / "ablation.yaml"
+    path.write_text("name: tiny\nseeds: [0, 1]\ncommon: [data.world=fast, optim.steps=2, optim.prompts_per_step=4,"
+                    " rollout.group_size=3, rollout.max_new_tokens=48, eval.limit=6, run.progress=false,"
+                    " run.tensorboard=false, run.plots=false, run.save_every=0]\n" + arms)
+    return str(path)
+
+
+def test_ablation_config_errors_name_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match="no arms"):
+        AblationConfig.load(_ablation_yaml(tmp_path, "arms: []\n"))
+    with pytest.raises(ConfigError, match=r"arms\[0\] \(x\) has unknown keys \['sett'\]"):
+        AblationConfig.load(_ablation_yaml(tmp_path, "arms: [{name: x, mode: sft, sett: []}]\n"))
+    with pytest.raises(ConfigError, match="arm x: .*gate.mode"):
+        AblationConfig.load(_ablation_yaml(tmp_path, "arms: [{name: x, mode: hybrid, set: [gate.mode=nope]}]\n"))
+    with pytest.raises(ConfigError, match="unique"):
+        AblationConfig.load(_ablation_yaml(tmp_path, "arms: [{name: x, mode: sft}, {name: x, mode: sft}]\n"))
+
+
+def test_shipped_ablation_profiles_load_with_the_papers_arms():
+    from wavalign.eval.ablation import DEFAULT_CONFIG
+
+    for name in ("cpu", "gpu"):
+        config = AblationConfig.load(DEFAULT_CONFIG.with_name(f"{name}.yaml"))
+        assert len(config.seeds) >= 3
+        arms = {a.name: a for a in config.arms}
+        assert {"sft", "grpo_all_tokens", "dpo_all_tokens", "text_rl_fixed_mix", "wavalign", "wavalign_no_ema",
+                "wavalign_speech_anchor"} <= set(arms)
+        tmp = Path("unused")
+        grpo = config.train_config(arms["grpo_all_tokens"], 0, tmp)
+        assert grpo.mode == "grpo" and grpo.objective.rl_scope == "all"
+        fixed = config.train_config(arms["text_rl_fixed_mix"], 1, tmp)
+        assert fixed.gate.mode == "fixed" and fixed.gate.fixed_lambda == 0.7 and fixed.run.seed == 1
+        assert config.train_config(arms["wavalign_speech_anchor"], 0, tmp).objective.sft_scope == "speech"
+        assert config.train_config(arms["dpo_all_tokens"], 0, tmp).dpo.scope == "all"
+
+
+def test_ablation_runs_aggregates_and_resumes(fast_world, tmp_path):
+    config = _ablation_yaml(tmp_path, "arms:\n  - {name: sft, mode: sft}\n"
+                                      "  - {name: wavalign, mode: hybrid, set: [optim.steps=1]}\n")
+    args = ["-m", "wavalign.eval.ablation", "--config", config, "--out", "out", "--resamples", "200"]
+    first = run(args, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = tmp_path / "out"
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == [0, 1] and set(results["arms"]) == {"sft", "wavalign"}
+    iq = results["arms"]["wavalign"]["metrics"]["IQ"]
+    assert len(iq["per_seed"]) == 2 and iq["value"]["n"] == 12
+    assert not math.isnan(iq["change"]["mean"])
+    table = (out / "table.md").read_text()
+    assert "| base policy |" in table and "| wavalign |" in table and "ΔIQ" in table
+    assert {p.name for p in (out / "plots").iterdir()} == {"reward_curves.png", "lambda.png", "iq_eq.png"}
+    weights = (out / "wavalign" / "seed_1" / "eval.json").stat().st_mtime_ns
+
+    again = run(args, tmp_path)  # every (arm, seed) is done: nothing is trained again
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("done before, kept") == 4
+    assert (out / "wavalign" / "seed_1" / "eval.json").stat().st_mtime_ns == weights
+    assert json.loads((out / "results.json").read_text())["arms"]["sft"]["metrics"]["IQ"]["per_seed"] == \
+        results["arms"]["sft"]["metrics"]["IQ"]["per_seed"]
+
+    # a changed setting is a different experiment: that run is trained again
+    changed = run(args + ["--arms", "sft", "--seeds", "0", "--set", "optim.lr=1e-4", "--report-only"], tmp_path)
+    assert changed.returncode == 0 and "seed 0" not in changed.stdout  # --report-only trains nothing
+    changed = run(args + ["--arms", "sft", "--seeds", "0", "--set", "optim.lr=1e-4"], tmp_path)
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert "done before" not in changed.stdout and "1/1 sft seed 0" in changed.stdout
