@@ -163,3 +163,39 @@ def test_rollout_cli_samples_the_world_by_default(fast_world, world_cache, tmp_p
     with_speech = [r for r in records if len(r["speech_units"]) >= 2]
     assert len(list(wavs.glob("*.wav"))) == len(with_speech) > 0
     assert all(0 <= u < fast_world.config.n_units for r in records for u in r["speech_units"])
+
+
+def test_judges_hear_a_waveform_as_they_hear_the_units_it_was_decoded_from(fast_world):
+    from wavalign.rewards.audio import resample
+    from wavalign.rewards.base import Completion
+    from wavalign.world.audio import SAMPLE_RATE
+    from wavalign.world.judges import ExactScore
+
+    test = fast_world.examples("test")[:4]
+    scorer = fast_world.scorer
+    columns = {"answer": [e["answer"] for e in test], "style": [e["style"] for e in test],
+               "sample_key": [f"0:{i}" for i in range(4)]}
+    waves = [scorer.units.decode(e["response_units"]) for e in test]  # each [S] float32 at SAMPLE_RATE
+    by_units = [Completion(text=e["response_text"], speech_units=e["response_units"]) for e in test]
+    by_audio = [Completion(text=e["response_text"], audio=w, sample_rate=SAMPLE_RATE) for e, w in zip(test, waves)]
+    for quantity in ("semantic", "acoustic"):
+        exact = ExactScore(scorer, quantity)
+        assert exact([None] * 4, by_audio, **columns) == exact([None] * 4, by_units, **columns)
+    for name, judge in fast_world.judges(seed=0).items():  # keyed noise: same key, same draw
+        assert judge([None] * 4, by_audio, **columns) == judge([None] * 4, by_units, **columns), name
+
+    # The same speech at 16 kHz is resampled to the world's rate and heard as the same words.
+    at_16k = [Completion(text=c.text, audio=resample(w, SAMPLE_RATE, 16000).numpy(), sample_rate=16000)
+              for c, w in zip(by_audio, waves)]
+    heard = [scorer.assess_audio(c.text, c.audio, c.sample_rate, e["answer"], e["style"]).recognized
+             for c, e in zip(at_16k, test)]
+    assert heard == [scorer.assess(c.text, c.speech_units, e["answer"], e["style"]).recognized
+                     for c, e in zip(by_units, test)]
+
+    # Assessments are cached by the waveform's content: same text, silent audio, heard anew.
+    silent = [Completion(text=by_audio[0].text, audio=torch.zeros_like(waves[0]), sample_rate=SAMPLE_RATE)]
+    semantic = ExactScore(scorer, "semantic")
+    one = {k: v[:1] for k, v in columns.items()}
+    assert semantic([None], silent, **one) < semantic([None], by_audio[:1], **one)
+    with pytest.raises(ValueError, match="audio given without a sample_rate"):
+        semantic([None], [Completion(text="x", audio=waves[0])], **one)

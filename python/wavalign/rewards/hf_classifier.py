@@ -2,13 +2,32 @@
 
 score = score_min + (score_max - score_min) * P(label | text), so a classifier of "good
 answer" vs "bad answer" becomes a 1-5 reward. Loads from a local directory only.
+The audio twin, for the spoken channel, is wavalign.rewards.hf_audio_classifier.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
+
+
+def label_index(config, label: int | str) -> int:
+    """A label given by name (config.id2label) or index -> its index, checked against num_labels."""
+    if isinstance(label, str):
+        mapping = {name: index for index, name in config.id2label.items()}
+        if label not in mapping:
+            raise ValueError(f"label {label!r} not in the classifier's labels {sorted(mapping)}")
+        label = mapping[label]
+    if not 0 <= label < config.num_labels:
+        raise ValueError(f"label index {label} outside [0, {config.num_labels})")
+    return label
+
+
+def check_scale(score_min: float, score_max: float) -> None:
+    if not (math.isfinite(score_min) and math.isfinite(score_max) and score_max > score_min):
+        raise ValueError(f"need finite score_min < score_max, got {score_min} and {score_max}")
 
 
 class HFClassifierReward:
@@ -24,17 +43,10 @@ class HFClassifierReward:
             model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
         if tokenizer is None:
             raise ValueError("pass the tokenizer together with a model object")
-        if isinstance(label, str):
-            mapping = {name: index for index, name in model.config.id2label.items()}
-            if label not in mapping:
-                raise ValueError(f"label {label!r} not in the classifier's labels {sorted(mapping)}")
-            label = mapping[label]
-        if not 0 <= label < model.config.num_labels:
-            raise ValueError(f"label index {label} outside [0, {model.config.num_labels})")
-        if not score_max > score_min:
-            raise ValueError("score_max must be greater than score_min")
+        self.label = label_index(model.config, label)
+        check_scale(score_min, score_max)
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.label, self.score_min, self.score_max = label, score_min, score_max
+        self.score_min, self.score_max = score_min, score_max
         self.batch_size, self.max_length = batch_size, max_length
         self.__name__ = "hf_classifier_reward"
 

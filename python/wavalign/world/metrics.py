@@ -2,13 +2,15 @@
 
 - **IQ**: the text channel answers correctly — its last word equals the gold answer (%).
 - **EQ**: style score 1-5 of the spoken channel, 1 + 4 * P(requested style) from the style
-  meter on the detokenised audio; a response with no speech scores 1.
+  meter on the detokenised audio (or on the response's own waveform, see
+  WorldScorer.assess_audio); a response with no speech scores 1.
 - **consistency**: WER between the text channel and the recognised speech (lower is better;
   1.0 when there is no speech).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -16,12 +18,14 @@ from typing import Sequence
 
 import torch
 
-from wavalign.world.audio import analyze
+from wavalign.rewards.audio import as_waveform
+from wavalign.world.audio import HOP, SAMPLE_RATE, analyze
 from wavalign.world.recognizer import Recognizer
 from wavalign.world.style_meter import StyleMeter, measure
 from wavalign.world.units import UnitTokenizer
 
 MIN_SPEECH_UNITS = 3  # fewer units than this is not an utterance
+MIN_SPEECH_SAMPLES = (MIN_SPEECH_UNITS - 1) * HOP  # the length MIN_SPEECH_UNITS units decode to
 
 
 def normalize(text: str) -> list[str]:
@@ -62,11 +66,11 @@ class Assessment:
 
 
 class WorldScorer:
-    """Listens to responses: detokenise units, recognise, measure style."""
+    """Listens to responses: detokenise units (or take the response's own waveform), recognise,
+    measure style."""
 
     def __init__(self, units: UnitTokenizer, recognizer: Recognizer, meter: StyleMeter, cache_size: int = 4096):
         self.units, self.recognizer, self.meter = units, recognizer, meter
-        # Both judges (and evaluation) listen to the same response; listen once.
         self._cache: dict[tuple, Assessment] = {}
         self._cache_size = cache_size
 
@@ -74,20 +78,35 @@ class WorldScorer:
         return self.units.decode(list(speech_units))
 
     def assess(self, text: str, speech_units: Sequence[int], answer: str, style: str) -> Assessment:
-        key = (text, tuple(int(u) for u in speech_units), answer, style)
+        """A response whose speech is world units, detokenised by the world's vocoder."""
+        units = tuple(int(u) for u in speech_units)
+        return self._cached((text, units, answer, style),
+                            lambda: self._listen(text, self.wave(units) if len(units) >= MIN_SPEECH_UNITS else None,
+                                                 answer, style))
+
+    def assess_audio(self, text: str, audio, sample_rate: int | None, answer: str, style: str) -> Assessment:
+        """A response whose speech is a waveform — audio: [S] float at sample_rate, e.g. from a
+        model's own speech decoder — resampled to the world's SAMPLE_RATE (band-limited sinc,
+        wavalign.rewards.audio.resample) before listening. Cached by a hash of the waveform."""
+        wave = as_waveform(audio, sample_rate, SAMPLE_RATE, "world scorer")  # [S'] float32 at SAMPLE_RATE
+        digest = hashlib.sha256(wave.numpy().tobytes()).hexdigest()
+        return self._cached((text, ("audio", digest), answer, style), lambda: self._listen(text, wave, answer, style))
+
+    def _cached(self, key: tuple, listen) -> Assessment:
+        # Both judges (and evaluation) listen to the same response; listen once.
         if key not in self._cache:
             if len(self._cache) >= self._cache_size:
                 self._cache.clear()
-            self._cache[key] = self._assess(text, key[1], answer, style)
+            self._cache[key] = listen()
         return self._cache[key]
 
-    def _assess(self, text: str, speech_units: Sequence[int], answer: str, style: str) -> Assessment:
+    def _listen(self, text: str, wave: torch.Tensor | None, answer: str, style: str) -> Assessment:
+        """wave: [S] float32 at SAMPLE_RATE, or None for a response without speech."""
         if style not in self.meter.styles:
             raise ValueError(f"unknown style {style!r}; the world has {self.meter.styles}")
         correct = answer_correct(text, answer)
-        if len(speech_units) < MIN_SPEECH_UNITS:
+        if wave is None or wave.shape[0] < MIN_SPEECH_SAMPLES:
             return Assessment(correct, 1.0, 1.0, "", {s: math.nan for s in self.meter.styles})
-        wave = self.wave(speech_units)
         frames = analyze(wave)  # listened to once, for the recognizer and the style meter
         heard = self.recognizer.recognize(frames=frames).text
         probabilities = self.meter.probabilities(measure(frames, heard))
