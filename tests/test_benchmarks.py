@@ -59,12 +59,13 @@ def test_logprobs_benchmark_small_run_prints_result():
 @pytest.mark.slow
 def test_rollout_benchmark_small_run_prints_result():
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_rollout.py"), "--prompts", "2", "--samples", "2",
-         "--new-tokens", "6", "--vocab", "256", "--hidden", "32"],
+        [sys.executable, str(ROOT / "benchmarks" / "bench_rollout.py"), "--workload", "qwen2", "--prompts", "2",
+         "--samples", "2", "--new-tokens", "6", "--hidden", "64", "--layers", "1"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert re.match(r"RESULT ratio=\d+\.\d+ ratio_hf_batched=", proc.stdout.strip().splitlines()[-1])
+    assert re.match(r"RESULT workload=qwen2 ratio=\d+\.\d+ baseline=hf_", proc.stdout.strip().splitlines()[-1])
+    assert "# engine per decode step (ms): forward" in proc.stdout and "# floors for a 4-row decode step" in proc.stdout
 
 
 @pytest.mark.slow

@@ -119,3 +119,91 @@ def test_first_token_frequencies_match_processed_distribution():
     allowed = InterleaveState(spec, 1).allowed_ranges()  # a fresh row's set, as the engine uses it
     probs = processed_distribution(logits, temperature=0.5, top_p=0.9, allowed_ranges=allowed)[0]
     assert_matches_distribution(rollout.ids[:, 0], probs)
+
+
+class ResponsePenaltyProcessor(LogitsProcessor):
+    """HF's repetition penalty restricted to the response, as the engine applies it."""
+
+    def __init__(self, penalty, prompt_len):
+        from transformers import RepetitionPenaltyLogitsProcessor
+
+        self.inner, self.prompt_len = RepetitionPenaltyLogitsProcessor(penalty), prompt_len
+
+    def __call__(self, input_ids, scores):
+        response = input_ids[:, self.prompt_len:]
+        return self.inner(response, scores) if response.shape[1] else scores
+
+
+def test_greedy_with_repetition_penalty_matches_hf_generate():
+    # The engine keeps a preallocated, -1-padded history for penalties; HF re-reads input_ids.
+    model, spec = tiny_model("llama"), make_spec(Schedule.chunked(text=3, speech=5))
+    greedy = ModalitySampling(temperature=0.0, repetition_penalty=1.8)
+    params = SamplingParams(text=greedy, speech=greedy, max_new_tokens=24)
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    rollout = RolloutEngine(model, spec).generate(prompts, n=1, params=params)
+    for row, prompt in enumerate(prompts):
+        processors = LogitsProcessorList([ResponsePenaltyProcessor(1.8, len(prompt)),
+                                          ScheduleProcessor(spec, len(prompt))])
+        expected = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                  do_sample=False, max_new_tokens=24, pad_token_id=0, eos_token_id=1,
+                                  logits_processor=processors)[0, len(prompt):].tolist()
+        got = rollout.ids[row, : int(rollout.lengths[row])].tolist()
+        assert got == expected[: len(got)] and len(got) == len(expected), (row, got, expected)
+    # The penalty changes the greedy path (otherwise this test would prove nothing).
+    plain = SamplingParams(text=ModalitySampling(temperature=0.0), speech=ModalitySampling(temperature=0.0),
+                           max_new_tokens=24)
+    assert not torch.equal(RolloutEngine(model, spec).generate(prompts, n=1, params=plain).ids, rollout.ids)
+
+
+def test_interleave_logits_processor_equals_reference_processor():
+    from wavalign.rollout.hf import InterleaveLogitsProcessor
+
+    model, spec = tiny_model("qwen2"), make_spec(Schedule.chunked(text=3, speech=4))
+    prompt = torch.tensor([[5, 6, 7, 8]])
+    for seed in range(3):
+        outputs = []
+        for processor in (InterleaveLogitsProcessor(spec, 4), ScheduleProcessor(spec, 4)):
+            torch.manual_seed(seed)
+            outputs.append(model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
+                                          num_return_sequences=6, max_new_tokens=30, pad_token_id=0,
+                                          eos_token_id=1, logits_processor=LogitsProcessorList([processor])))
+        assert torch.equal(outputs[0], outputs[1])
+    # Budgets are the engine's: with max_text=2 every row switches to speech after 2 text tokens.
+    torch.manual_seed(0)
+    spec = make_spec(Schedule.sequential())
+    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, num_return_sequences=6,
+                         max_new_tokens=12, pad_token_id=0, eos_token_id=None,
+                         logits_processor=LogitsProcessorList([InterleaveLogitsProcessor(spec, 4, max_text=2)]))
+    for row in out[:, 4:].tolist():
+        state = RowState()
+        for token in row:
+            reference_step(spec, state, token, max_text=2)  # raises on any violation
+    with pytest.raises(ValueError, match="prompt_length"):
+        InterleaveLogitsProcessor(spec, 0)
+
+
+def test_rollout_timings_split_the_decode_time():
+    model, spec = tiny_model("qwen2"), make_spec()
+    rollout = RolloutEngine(model, spec).generate([[5, 6, 7]], n=3, params=SamplingParams(max_new_tokens=10))
+    t = rollout.timings
+    parts = t["forward_s"] + t["sample_s"] + t["bookkeeping_s"]
+    assert t["decode_steps"] == int(rollout.lengths.max())
+    assert all(t[k] > 0 for k in ("prefill_s", "forward_s", "sample_s", "bookkeeping_s"))
+    assert parts == pytest.approx(t["decode_s"], rel=0.05, abs=1e-3)
+    assert t["total_s"] >= t["prefill_s"] + t["decode_s"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_model_greedy_matches_hf_generate(dtype):
+    # GPUs run policies in bf16/fp16; the engine samples from float32 copies of the logits, as generate does.
+    model, spec = tiny_model("llama").to(dtype), make_spec(Schedule.chunked(text=3, speech=4))
+    params = SamplingParams(text=ModalitySampling(temperature=0.0), speech=ModalitySampling(temperature=0.0),
+                            max_new_tokens=16)
+    prompt = [5, 6, 7, 8]
+    rollout = RolloutEngine(model, spec).generate([prompt], n=2, params=params)
+    expected = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, 4, dtype=torch.long),
+                              do_sample=False, max_new_tokens=16, pad_token_id=0, eos_token_id=1,
+                              logits_processor=LogitsProcessorList([ScheduleProcessor(spec, 4)]))[0, 4:].tolist()
+    for row in range(2):
+        assert rollout.ids[row, : int(rollout.lengths[row])].tolist() == expected
+    assert rollout.logprobs.dtype == torch.float32 and torch.isfinite(rollout.logprobs[:, :16]).all()

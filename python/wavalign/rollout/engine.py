@@ -61,17 +61,53 @@ class Rollout:
     logprobs: torch.Tensor  # [R, L] float32 under the processed (sampling) distribution
     raw_logprobs: torch.Tensor  # [R, L] float32 under the raw model distribution
     finish_reasons: list[str]
+    # Seconds: prefill_s, decode_s (= forward_s + sample_s + bookkeeping_s), total_s; and
+    # decode_steps. On CUDA the split is exact only with RolloutEngine(profile=True).
     timings: dict[str, float]
 
 
+def _penalties_active(params: SamplingParams) -> bool:
+    return any(m.repetition_penalty != 1.0 or m.presence_penalty != 0.0 or m.frequency_penalty != 0.0
+               for m in (params.text, params.speech))
+
+
+class _StepClock:
+    """Accumulates wall time per decode-step section. With sync=True it waits for the device
+    before each reading, so asynchronous CUDA work is charged to the section that issued it."""
+
+    def __init__(self, device: torch.device, sync: bool):
+        self.sync = sync and device.type == "cuda"
+        self.totals = {"forward_s": 0.0, "sample_s": 0.0, "bookkeeping_s": 0.0}
+        self._last = 0.0
+
+    def start(self):
+        if self.sync:
+            torch.cuda.synchronize()
+        self._last = time.perf_counter()
+
+    def lap(self, section: str):
+        if self.sync:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.totals[section] += now - self._last
+        self._last = now
+
+
 class RolloutEngine:
-    def __init__(self, model, spec: ModalitySpec, *, pad_id: int | None = None):
+    def __init__(self, model, spec: ModalitySpec, *, pad_id: int | None = None, profile: bool = False):
+        """profile: synchronise the device around each decode-step section so that
+        Rollout.timings splits forward / sampling / bookkeeping exactly on CUDA (a little
+        slower). On CPU the split is exact either way."""
         self.model = model
         self.spec = spec
         self.pad_id = pad_id if pad_id is not None else (spec.pad if spec.pad is not None else 0)
+        self.profile = profile
         # transformers 5 renamed `past_key_values` to `cache`; accept either generation.
         parameters = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in parameters else "past_key_values"
+        # Prefill needs logits at the last prompt position only; models that take
+        # logits_to_keep skip the LM head (V columns) for every other position.
+        self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
 
     @staticmethod
     def _cache_of(output):
@@ -92,7 +128,8 @@ class RolloutEngine:
             mask[row, width - len(prompt):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         **self._last_logits_only)
         return out.logits[:, -1, :], self._cache_of(out), mask, positions[:, -1]
 
     @staticmethod
@@ -155,23 +192,32 @@ class RolloutEngine:
         out_raw = torch.zeros((rows, params.max_new_tokens), dtype=torch.float32)
         lengths = torch.zeros(rows, dtype=torch.int64)
         reasons = ["length"] * rows
-        history = torch.full((rows, 0), -1, dtype=torch.int64, device=device)
+        # Penalty history: [live rows, max_new_tokens], -1 = not yet generated (the sampler
+        # skips -1). Preallocated, filled one column per step; kept only when a penalty is on.
+        history = (torch.full((rows, params.max_new_tokens), -1, dtype=torch.int64, device=device)
+                   if _penalties_active(params) else None)
         param_pairs = self._param_pairs(params, device)
+        clock = _StepClock(device, self.profile)
+        decode_start = time.perf_counter()
+        steps = 0
 
+        clock.start()
         for step in range(params.max_new_tokens):
+            steps += 1
             sample = ops.sample_tokens(
                 logits.float().contiguous(), **self._row_params(state.phase, param_pairs),
-                history=history if history.shape[1] else None,
-                allowed_ranges=state.allowed_ranges(), seed=params.seed,
+                history=history, allowed_ranges=state.allowed_ranges(), seed=params.seed,
                 offsets=(live + first_row) * _STEP_STRIDE + step,
             )
+            clock.lap("sample_s")
             state.advance(sample.ids)
             cpu_rows = live.cpu()
             out_ids[cpu_rows, step] = sample.ids.cpu()
             out_lp[cpu_rows, step] = sample.logprobs.cpu()
             out_raw[cpu_rows, step] = sample.raw_logprobs.cpu()
             lengths[cpu_rows] += 1
-            history = torch.cat([history, sample.ids[:, None]], dim=1)
+            if history is not None:
+                history[:, step] = sample.ids
             finished = state.finished
             if bool(finished.any()):  # only rows that finished this step: earlier ones left
                 names = state.finish_reasons()
@@ -183,7 +229,8 @@ class RolloutEngine:
             if keep.numel() < live.numel():  # compaction: finished rows leave the batch
                 cache.batch_select_indices(keep)
                 state.select(keep)
-                live, mask, last_position, history = live[keep], mask[keep], last_position[keep], history[keep]
+                live, mask, last_position = live[keep], mask[keep], last_position[keep]
+                history = history[keep] if history is not None else None
                 next_ids = sample.ids[keep]
             else:
                 next_ids = sample.ids
@@ -191,10 +238,14 @@ class RolloutEngine:
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             last_position = last_position + 1
+            clock.lap("bookkeeping_s")
             out = self.model(input_ids=next_ids[:, None], attention_mask=mask,
                              position_ids=last_position[:, None], use_cache=True,
-                             **{self._cache_arg: cache})
+                             **{self._cache_arg: cache}, **self._last_logits_only)
             logits, cache = out.logits[:, -1, :], self._cache_of(out)
+            clock.lap("forward_s")
+        clock.lap("bookkeeping_s")
+        decode_seconds = time.perf_counter() - decode_start
 
         width = int(lengths.max()) if rows else 0
         ids = out_ids[:, :width]
@@ -207,5 +258,6 @@ class RolloutEngine:
             ids=ids, lengths=lengths, token_types=token_types,
             logprobs=out_lp[:, :width], raw_logprobs=out_raw[:, :width],
             finish_reasons=reasons,
-            timings={"prefill_s": prefill_seconds, "total_s": time.perf_counter() - start},
+            timings={"prefill_s": prefill_seconds, "decode_s": decode_seconds, **clock.totals,
+                     "decode_steps": steps, "total_s": time.perf_counter() - start},
         )
