@@ -79,7 +79,7 @@ def load_model(model_dir: Path, device: torch.device, dtype: torch.dtype = torch
 def world_evaluator(config: TrainConfig, world, spec: ModalitySpec | None = None) -> PolicyEvaluator:
     """The evaluator the trainer uses for `config` on the world, built without a trainer:
     same split, limit, greedy decoding, response budget, and judges (seed + 10_000)."""
-    from wavalign.train.trainer import EVAL_JUDGE_SEED_OFFSET, build_reward
+    from wavalign.train.rewards import EVAL_JUDGE_SEED_OFFSET, build_reward
 
     examples = world_examples(world.examples(config.eval.split))[:config.eval.limit]
     tokenizer = world.tokenizer

@@ -21,9 +21,9 @@ from typing import Callable, Sequence
 import torch
 
 from wavalign.modality import ModalitySpec
-from wavalign.rewards.base import Completion
 from wavalign.rollout.engine import ModalitySampling, RolloutEngine, SamplingParams
 from wavalign.train.data import batch_columns
+from wavalign.train.rewards import make_completions
 
 #: per-prompt metrics and whether higher is better
 METRICS = {"IQ": True, "EQ": True, "WER": False, "reward": True, "length": None}
@@ -68,11 +68,11 @@ class PolicyEvaluator:
         if len(responses) != len(self.examples):
             raise ValueError(f"{len(responses)} responses for {len(self.examples)} examples")
         records = []
-        completions = []
-        for example, ids in zip(self.examples, responses):
-            text, units = self.format.split(list(ids))
-            completions.append(Completion(text=text, speech_units=units, ids=list(ids)))
-            record = {"id": example.id, "length": float(len(ids)), "text": text}
+        listen = self.scorer if getattr(self.reward_fn, "needs_audio", False) else None
+        completions = make_completions(self.format, responses, listen)
+        for example, completion in zip(self.examples, completions):
+            text, units = completion.text, completion.speech_units
+            record = {"id": example.id, "length": float(len(completion.ids)), "text": text}
             if self.scorer is not None:
                 a = self.scorer.assess(text, units, example.columns["answer"], example.columns["style"])
                 record.update(IQ=100.0 * a.correct, EQ=a.eq, WER=a.wer, recognized=a.recognized)

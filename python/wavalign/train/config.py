@@ -28,7 +28,11 @@ DATA_SOURCES = ("world", "jsonl")
 DATA_FORMATS = ("auto", "wavalign", "public")
 # world_*_exact: the exact quantity the world judge estimates, without its noise and rounding
 # (an oracle, to tell the algorithm apart from judge noise; real models have no such thing)
-REWARD_KINDS = ("world_semantic", "world_acoustic", "world_semantic_exact", "world_acoustic_exact", "http_judge")
+REWARD_KINDS = ("world_semantic", "world_acoustic", "world_semantic_exact", "world_acoustic_exact", "http_judge",
+                "python", "hf_classifier", "hf_audio_classifier", "onnx")  # see wavalign.train.rewards
+# The option each kind cannot do without.
+_REQUIRED_REWARD_OPTION = {"http_judge": "base_url", "python": "function", "hf_classifier": "model",
+                           "hf_audio_classifier": "model", "onnx": "path"}
 ADVANTAGES = ("grpo", "dr_grpo", "rloo")
 SCHEDULES = ("cosine", "linear", "constant")
 PAIR_SOURCES = ("auto", "offline", "rollout", "gold")
@@ -145,17 +149,19 @@ class RolloutConfig:
 @dataclass(frozen=True)
 class RewardComponent:
     name: str
-    kind: str  # world_semantic | world_acoustic | world_semantic_exact | world_acoustic_exact | http_judge
+    kind: str  # one of REWARD_KINDS; wavalign.train.rewards documents each
     weight: float = 1.0
-    options: dict = field(default_factory=dict)  # http_judge: JudgeConfig fields (base_url, model, kind, ...)
+    options: dict = field(default_factory=dict)  # the kind's constructor arguments (http_judge: JudgeConfig fields)
 
     def validate(self, where: str) -> None:
         _check(isinstance(self.name, str) and self.name, f"{where}.name must be a non-empty string")
         _one_of(self.kind, REWARD_KINDS, f"{where}.kind")
         _positive(self.weight, f"{where}.weight")
         _check(isinstance(self.options, dict), f"{where}.options must be a mapping")
+        required = _REQUIRED_REWARD_OPTION.get(self.kind)
+        if required is not None:
+            _check(required in self.options, f"{where}.options.{required} is required for a {self.kind} reward")
         if self.kind == "http_judge":
-            _check("base_url" in self.options, f"{where}.options.base_url is required for an http_judge")
             _check("api_key" not in self.options,
                    f"{where}.options must not hold an API key; set api_key_env to the NAME of an environment variable")
 

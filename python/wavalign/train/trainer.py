@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from wavalign import ops
 from wavalign.eval.core import PolicyEvaluator, mean_summary
 from wavalign.modality import ModalitySpec
-from wavalign.rewards.base import Completion, CompositeReward
+from wavalign.rewards.base import CompositeReward
 from wavalign.rollout.engine import ModalitySampling, Rollout, RolloutEngine, SamplingParams
 from wavalign.train import checkpoint as ckpt
 from wavalign.train import fsdp
@@ -42,6 +42,7 @@ from wavalign.train.gate import AdaptiveGate
 from wavalign.train.logprobs import selected_logprobs
 from wavalign.train.losses import dpo_loss, hybrid_loss, policy_gradient_loss, sft_loss
 from wavalign.train.pairs import best_vs_worst, gold_vs_sampled, pair_scores
+from wavalign.train.rewards import EVAL_JUDGE_SEED_OFFSET, build_reward, make_completions
 from wavalign.train.run_log import RunLog, plot_run
 
 log = logging.getLogger(__name__)
@@ -122,34 +123,6 @@ def lr_lambda(config):
 
 def _dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def build_reward(rc, world, seed_offset: int = 0) -> CompositeReward:
-    """The composite reward a RewardsConfig describes. World judges draw their noise from
-    rc.judge_seed + seed_offset (training uses offset 0, evaluation 10_000)."""
-    from wavalign.rewards.http_judge import HttpJudge, JudgeConfig
-
-    total = sum(c.weight for c in rc.components) if rc.normalize_weights else 1.0
-    components = {}
-    judges = world.judges(seed=rc.judge_seed + seed_offset) if world is not None else {}
-    for component in rc.components:
-        if component.kind.startswith("world_") and world is None:
-            raise ValueError(f"reward component {component.name!r} ({component.kind}) needs the built-in world")
-        if component.kind == "world_semantic":
-            fn = judges["semantic_judge"]
-        elif component.kind == "world_acoustic":
-            fn = judges["acoustic_judge"]
-        elif component.kind in ("world_semantic_exact", "world_acoustic_exact"):
-            from wavalign.world.judges import ExactScore
-
-            fn = ExactScore(world.scorer, component.kind.split("_")[1])
-        else:
-            fn = HttpJudge(JudgeConfig(**component.options))
-        components[component.name] = (fn, component.weight / total)
-    return CompositeReward(components, missing=rc.missing)
-
-
-EVAL_JUDGE_SEED_OFFSET = 10_000
 
 
 # ---------------------------------------------------------------------------- the trainer
@@ -386,10 +359,7 @@ class Trainer:
     def _score(self, reward_fn: CompositeReward, examples: list[TrainExample], responses: list[list[int]],
                repeat: int, keys: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """-> (rewards [len(examples), repeat] NaN = none, components name -> [N])."""
-        completions = []
-        for ids in responses:
-            text, units = self.format.split(ids)
-            completions.append(Completion(text=text, speech_units=units, ids=ids))
+        completions = make_completions(self.format, responses, self.world.scorer if reward_fn.needs_audio else None)
         prompts = [self._prompt_text(e) for e in examples for _ in range(repeat)]
         columns = batch_columns(examples, repeat)
         columns["sample_key"] = keys
