@@ -24,7 +24,7 @@ throughput.
 Last line: RESULT workload=<...> ratio=<best HF / engine> ...
 
 Usage: python benchmarks/bench_rollout.py [--quick] [--workload qwen2|world|both]
-       [--prompts B] [--samples G] [--new-tokens T]
+       [--prompts B] [--samples G] [--new-tokens T] [--device cuda] [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -57,25 +57,35 @@ class Workload:
 
 
 # ---------------------------------------------------------------------- machine floors
-def measure_bandwidth_gbps(megabytes: int = 512) -> float:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_bandwidth_gbps(device: torch.device, megabytes: int = 512) -> float:
     """Read bandwidth of this device: best of 5 sums over a buffer larger than the caches."""
-    buffer = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32)
+    buffer = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32, device=device)
     best = float("inf")
     for _ in range(5):
+        sync(device)
         start = time.perf_counter()
         buffer.sum()
+        sync(device)
         best = min(best, time.perf_counter() - start)
     return buffer.numel() * 4 / best / 1e9
 
 
-def measure_matmul_gflops(rows: int, hidden: int, cols: int) -> float:
-    """fp32 GEMM throughput at the decode step's own LM-head shape [rows, hidden] x [hidden, cols]."""
-    a, b = torch.randn(rows, hidden), torch.randn(hidden, cols)
+def measure_matmul_gflops(rows: int, hidden: int, cols: int, device: torch.device, dtype: torch.dtype) -> float:
+    """GEMM throughput at the decode step's own LM-head shape [rows, hidden] x [hidden, cols]."""
+    a = torch.randn(rows, hidden, device=device, dtype=dtype)
+    b = torch.randn(hidden, cols, device=device, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(3):
+        sync(device)
         start = time.perf_counter()
         a @ b
+        sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * rows * hidden * cols / best / 1e9
 
@@ -96,20 +106,30 @@ class ForwardTimer:
     """Sums the wall time of every model forward (hooks on the top-level module)."""
 
     def __init__(self, model):
+        self.device = next(model.parameters()).device
         self.seconds, self.calls, self._start = 0.0, 0, 0.0
         self._handles = [model.register_forward_pre_hook(self._before),
                          model.register_forward_hook(self._after)]
 
     def _before(self, *_):
+        sync(self.device)
         self._start = time.perf_counter()
 
     def _after(self, *_):
+        sync(self.device)
         self.seconds += time.perf_counter() - self._start
         self.calls += 1
 
     def remove(self):
         for handle in self._handles:
             handle.remove()
+
+
+def describe(model) -> str:
+    parameter = next(model.parameters())
+    if parameter.device.type == "cuda":
+        return f"{torch.cuda.get_device_name(parameter.device)}, {parameter.dtype}"
+    return f"CPU ({torch.get_num_threads()} threads), {parameter.dtype}"
 
 
 # ---------------------------------------------------------------------- workloads
@@ -153,6 +173,7 @@ def run_engine(work: Workload, samples: int, new_tokens: int):
     params = SamplingParams(text=sampling, speech=sampling, max_new_tokens=new_tokens,
                             max_text_tokens=work.max_text, seed=0)
     rollout = engine.generate(work.prompts, n=samples, params=params)
+    sync(engine.device)
     t = rollout.timings
     return {"seconds": t["total_s"], "tokens": int(rollout.lengths.sum()), "steps": t["decode_steps"],
             "prefill_s": t["prefill_s"], "forward_s": t["forward_s"], "sample_s": t["sample_s"],
@@ -166,7 +187,7 @@ def _hf_generate(work: Workload, ids, mask, samples: int, new_tokens: int):
                               top_k=0, max_new_tokens=new_tokens, num_return_sequences=samples,
                               pad_token_id=work.pad_id, eos_token_id=work.eos_id,
                               logits_processor=LogitsProcessorList([processor]), **kwargs)
-    return out[:, ids.shape[1]:]  # [rows, T]
+    return out[:, ids.shape[1]:].cpu()  # [rows, T]
 
 
 def _response_tokens(responses: torch.Tensor, eos_id: int | None) -> int:
@@ -180,6 +201,7 @@ def _response_tokens(responses: torch.Tensor, eos_id: int | None) -> int:
 
 def run_hf(work: Workload, samples: int, new_tokens: int, batched: bool):
     timer = ForwardTimer(work.model)
+    device = timer.device
     tokens, start = 0, time.perf_counter()
     try:
         if batched:
@@ -188,10 +210,11 @@ def run_hf(work: Workload, samples: int, new_tokens: int, batched: bool):
             mask = torch.zeros_like(ids)
             for row, prompt in enumerate(work.prompts):  # left padding, as generate requires
                 ids[row, width - len(prompt):], mask[row, width - len(prompt):] = prompt, 1
-            tokens += _response_tokens(_hf_generate(work, ids, mask, samples, new_tokens), work.eos_id)
+            tokens += _response_tokens(_hf_generate(work, ids.to(device), mask.to(device), samples, new_tokens),
+                                       work.eos_id)
         else:
             for prompt in work.prompts:
-                ids = prompt[None]
+                ids = prompt[None].to(device)
                 tokens += _response_tokens(_hf_generate(work, ids, torch.ones_like(ids), samples, new_tokens),
                                            work.eos_id)
         seconds = time.perf_counter() - start
@@ -205,7 +228,7 @@ def run_hf(work: Workload, samples: int, new_tokens: int, batched: bool):
 def bench(work: Workload, samples: int, new_tokens: int) -> dict:
     print(f"\n## {work.name}: {work.description}")
     print(f"# B={len(work.prompts)} prompts x G={samples} samples x up to {new_tokens} new tokens; "
-          f"temperature {TEMPERATURE}, top-p {TOP_P}; CPU threads={torch.get_num_threads()}")
+          f"temperature {TEMPERATURE}, top-p {TOP_P}; device {describe(work.model)}")
     with torch.no_grad():
         run_engine(work, samples, 4)  # warm-up (allocator, kernels) with a few tokens
         _ = run_hf(work, samples, 4, batched=True)
@@ -231,9 +254,9 @@ def bench(work: Workload, samples: int, new_tokens: int) -> dict:
         print(f"# {name} per forward call (ms): forward {1e3 * r['forward_s'] / calls:.2f} | "
               f"processors+sampling+bookkeeping {1e3 * r['rest_s'] / calls:.2f} ({r['steps']} forward calls)")
 
-    bandwidth = measure_bandwidth_gbps()
     head = work.model.get_output_embeddings().weight  # [V, H]
-    gflops = measure_matmul_gflops(engine["rows"], head.shape[1], head.shape[0])
+    bandwidth = measure_bandwidth_gbps(head.device)
+    gflops = measure_matmul_gflops(engine["rows"], head.shape[1], head.shape[0], head.device, head.dtype)
     bytes_floor = weight_bytes(work.model) / (bandwidth * 1e9)
     flops_floor = 2 * engine["rows"] * matmul_parameters(work.model) / (gflops * 1e9)
     forward_ms = 1e3 * engine["forward_s"] / steps
@@ -257,6 +280,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=None, help="T (default 128; quick 32)")
     parser.add_argument("--hidden", type=int, default=384, help="qwen2 hidden size (multiple of 64)")
     parser.add_argument("--layers", type=int, default=8, help="qwen2 decoder layers")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     args = parser.parse_args()
     prompts_n = args.prompts or (2 if args.quick else 8)
     samples = args.samples or (4 if args.quick else 8)
@@ -270,6 +295,7 @@ def main() -> None:
     workloads = ["world", "qwen2"] if args.workload == "both" else [args.workload]
     for name in workloads:
         work = qwen2_workload(prompts_n, args.hidden, args.layers) if name == "qwen2" else world_workload(prompts_n)
+        work.model.to(device=args.device, dtype=getattr(torch, args.dtype))
         bench(work, samples, new_tokens)
 
 
