@@ -26,6 +26,7 @@ from wavalign.eval.checkpoints import Target, load_model, load_world_for, resolv
 from wavalign.eval.report import (comparison_table, compare, jsonable, records_from_json, summarize,
                                   summary_table)
 from wavalign.eval.stats import DEFAULT_RESAMPLES
+from wavalign.train.checkpoint import write_text_atomic
 from wavalign.train.config import ConfigError, TrainConfig
 
 
@@ -73,10 +74,10 @@ def main(argv=None) -> int:
     try:
         # The world is needed for 'base' and for scoring; saved results need nothing.
         needs_world = any(n == "base" or not n.endswith(".json") for n in names)
-        preliminary = [resolve_target(n) for n in names if n != "base"]
-        config = _config(args, preliminary)
+        resolved = {n: resolve_target(n) for n in names if n != "base"}  # 'base' needs the world first
+        config = _config(args, list(resolved.values()))
         world = load_world_for(config) if needs_world else None
-        targets = [resolve_target(n, world) for n in names]
+        targets = [resolved[n] if n in resolved else resolve_target(n, world) for n in names]
         evaluator = world_evaluator(config, world) if world is not None else None
         records = [_records(t, config, world, evaluator, device) for t in targets]
     except (ConfigError, FileNotFoundError, ValueError) as error:
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(jsonable(output), indent=1) + "\n")
+        write_text_atomic(out, json.dumps(jsonable(output), indent=1) + "\n")
         print(f"[eval] wrote {out}")
     return 0
 

@@ -36,6 +36,7 @@ import yaml
 from wavalign.eval.core import METRICS, mean_summary
 from wavalign.eval.report import digits, jsonable, records_from_json
 from wavalign.eval.stats import seeded_mean_ci
+from wavalign.train.checkpoint import write_text_atomic
 from wavalign.train.config import ConfigError, TrainConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ablation" / "cpu.yaml"
@@ -113,9 +114,7 @@ class AblationConfig:
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(jsonable(data), indent=1) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(jsonable(data), indent=1) + "\n")
 
 
 def _finished(path: Path, config: TrainConfig) -> bool:
@@ -149,8 +148,9 @@ def run_base(config: TrainConfig, world, out: Path) -> dict:
     path = out / "base" / "eval.json"
     reference = {"eval": config.to_dict()["eval"], "rewards": config.to_dict()["rewards"],
                  "max_new_tokens": config.rollout.max_new_tokens, "world": config.data.world}
-    if path.is_file() and json.loads(path.read_text()).get("config") == reference:
-        return json.loads(path.read_text())
+    saved = json.loads(path.read_text()) if path.is_file() else None
+    if saved is not None and saved.get("config") == reference:
+        return saved
     policy, _ = load_model(world.policy_path, device=_device(config))
     records = world_evaluator(config, world).run(policy)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,10 +160,9 @@ def run_base(config: TrainConfig, world, out: Path) -> dict:
 
 
 def _device(config: TrainConfig):
-    import torch
+    from wavalign.train.trainer import pick_device
 
-    choice = config.run.device
-    return torch.device("cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu")
+    return pick_device(config.run.device)
 
 
 # ---------------------------------------------------------------------------- aggregation
@@ -280,7 +279,7 @@ def plot(ablation: AblationConfig, summary: dict, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from wavalign.train.run_log import read_metrics
+    from wavalign.train.run_log import read_metrics, save_step_plot
 
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -306,14 +305,9 @@ def plot(ablation: AblationConfig, summary: dict, out: Path) -> list[Path]:
             axis.plot(steps, smooth, label=arm.name, linewidth=1.3)
             drawn = True
         if drawn:
-            axis.set_title(title)
-            axis.set_xlabel("step")
-            axis.grid(alpha=0.3)
-            axis.legend(fontsize=8)
-            figure.tight_layout()
-            figure.savefig(plots / filename, dpi=100)
-            written.append(plots / filename)
-        plt.close(figure)
+            written.append(save_step_plot(figure, axis, title, plots / filename))
+        else:
+            plt.close(figure)
 
     figure, axis = plt.subplots(figsize=(7, 5))
     base = summary["base"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -13,7 +14,7 @@ from wavalign.eval.core import PolicyEvaluator
 from wavalign.modality import ModalitySpec
 from wavalign.train import checkpoint as ckpt
 from wavalign.train.config import TrainConfig
-from wavalign.train.data import world_examples
+from wavalign.train.data import judge_prompt_text, world_examples
 
 
 @dataclass
@@ -62,9 +63,7 @@ def load_world_for(config: TrainConfig):
     from wavalign.world import load_world
     from wavalign.world.config import WorldConfig
 
-    choice = config.data.world
-    world_config = {"default": WorldConfig, "fast": WorldConfig.fast}.get(choice)
-    return load_world(world_config() if world_config else WorldConfig.from_yaml(choice))
+    return load_world(WorldConfig.named(config.data.world))
 
 
 def load_model(model_dir: Path, device: torch.device, dtype: torch.dtype = torch.float32):
@@ -83,13 +82,8 @@ def world_evaluator(config: TrainConfig, world, spec: ModalitySpec | None = None
 
     examples = world_examples(world.examples(config.eval.split))[:config.eval.limit]
     tokenizer = world.tokenizer
-
-    def prompt_text(example):
-        return example.prompt_text if example.prompt_text is not None else tokenizer.decode(
-            example.prompt_ids, skip_special_tokens=True)
-
     return PolicyEvaluator(spec=spec or world.spec, pad_id=tokenizer.pad_token_id, examples=examples,
                            format=world.format, scorer=world.scorer,
                            reward_fn=build_reward(config.rewards, world, EVAL_JUDGE_SEED_OFFSET),
-                           prompt_text=prompt_text, max_new_tokens=config.rollout.max_new_tokens,
+                           prompt_text=partial(judge_prompt_text, tokenizer=tokenizer), max_new_tokens=config.rollout.max_new_tokens,
                            temperature=config.eval.temperature)

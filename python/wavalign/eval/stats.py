@@ -63,46 +63,44 @@ def _nanmean_rows(matrix: np.ndarray) -> np.ndarray:
     return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
+def _bootstrap_mean(values: np.ndarray, resamples: int, confidence: float, seed: int) -> Interval:
+    """Mean of a 1-D array without NaN, with a percentile bootstrap interval over its entries."""
+    if values.size == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, values.size, size=(resamples, values.size))
+    return _interval(float(values.mean()), values[index].mean(axis=1), int(values.size), confidence)
+
+
+def _paired(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The prompts both a and b have a value for -> (a', b')."""
+    a, b = _as_array(a, "a"), _as_array(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"paired values must have the same length, got {a.size} and {b.size}")
+    both = ~(np.isnan(a) | np.isnan(b))
+    return a[both], b[both]
+
+
 def mean_ci(values: Sequence[float], *, resamples: int = DEFAULT_RESAMPLES, confidence: float = 0.95,
             seed: int = 0) -> Interval:
     """Mean of the non-NaN values with a bootstrap interval."""
     array = _as_array(values)
-    array = array[~np.isnan(array)]
-    if array.size == 0:
-        return Interval(math.nan, math.nan, math.nan, 0)
-    rng = np.random.default_rng(seed)
-    index = rng.integers(0, array.size, size=(resamples, array.size))
-    return _interval(float(array.mean()), array[index].mean(axis=1), int(array.size), confidence)
+    return _bootstrap_mean(array[~np.isnan(array)], resamples, confidence, seed)
 
 
 def paired_difference_ci(a: Sequence[float], b: Sequence[float], *, resamples: int = DEFAULT_RESAMPLES,
                          confidence: float = 0.95, seed: int = 0) -> Interval:
     """mean(b) - mean(a) over the prompts both have a value for, prompts resampled jointly."""
-    a, b = _as_array(a, "a"), _as_array(b, "b")
-    if a.shape != b.shape:
-        raise ValueError(f"paired values must have the same length, got {a.size} and {b.size}")
-    both = ~(np.isnan(a) | np.isnan(b))
-    diff = b[both] - a[both]
-    if diff.size == 0:
-        return Interval(math.nan, math.nan, math.nan, 0)
-    rng = np.random.default_rng(seed)
-    index = rng.integers(0, diff.size, size=(resamples, diff.size))
-    return _interval(float(diff.mean()), diff[index].mean(axis=1), int(diff.size), confidence)
+    a, b = _paired(a, b)
+    return _bootstrap_mean(b - a, resamples, confidence, seed)
 
 
 def win_rate_ci(a: Sequence[float], b: Sequence[float], *, resamples: int = DEFAULT_RESAMPLES,
                 confidence: float = 0.95, seed: int = 0) -> Interval:
     """Fraction of prompts where b scores above a (ties count one half), in percent."""
-    a, b = _as_array(a, "a"), _as_array(b, "b")
-    if a.shape != b.shape:
-        raise ValueError(f"paired values must have the same length, got {a.size} and {b.size}")
-    both = ~(np.isnan(a) | np.isnan(b))
-    wins = 100.0 * np.where(b[both] > a[both], 1.0, np.where(b[both] == a[both], 0.5, 0.0))
-    if wins.size == 0:
-        return Interval(math.nan, math.nan, math.nan, 0)
-    rng = np.random.default_rng(seed)
-    index = rng.integers(0, wins.size, size=(resamples, wins.size))
-    return _interval(float(wins.mean()), wins[index].mean(axis=1), int(wins.size), confidence)
+    a, b = _paired(a, b)
+    wins = 100.0 * np.where(b > a, 1.0, np.where(b == a, 0.5, 0.0))
+    return _bootstrap_mean(wins, resamples, confidence, seed)
 
 
 def seeded_mean_ci(matrix: Sequence[Sequence[float]], *, baseline: Sequence[float] | None = None,

@@ -101,7 +101,7 @@ def _run(args) -> int:
     if not args.model:
         from wavalign.world import WorldConfig, load_world
 
-        world = load_world(WorldConfig.fast() if args.world == "fast" else WorldConfig())
+        world = load_world(WorldConfig.named(args.world))
         args.model, args.prompts = str(world.policy_path), str(world.path / "data" / "test.jsonl")
         args.modality = str(world.policy_path / "modality.yaml")
         print(f"sampling the built-in world's policy on its test prompts ({world.path})")

@@ -45,6 +45,13 @@ class TrainExample:
     prompt_text: str | None = None  # what a judge is shown as the user's request
 
 
+def judge_prompt_text(example: TrainExample, tokenizer) -> str:
+    """What a judge is shown as the user's request: the example's text, else its decoded prompt."""
+    if example.prompt_text is not None:
+        return example.prompt_text
+    return tokenizer.decode(example.prompt_ids, skip_special_tokens=True)
+
+
 class GenericFormat:
     """Prompt and response ids for any Hugging Face tokenizer with speech tokens.
 

@@ -47,10 +47,6 @@ def _units(root: torch.nn.Module) -> list:
     return [m for m in root.modules() if isinstance(m, FSDPModule)]
 
 
-def is_sharded(root: torch.nn.Module) -> bool:
-    return bool(_units(root))
-
-
 @contextmanager
 def full_parameters(root: torch.nn.Module):
     """Every FSDP unit under root gathered for the duration (no-op when nothing is sharded).

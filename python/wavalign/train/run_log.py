@@ -62,6 +62,20 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
+def save_step_plot(figure, axis, title: str, path: Path) -> Path:
+    """Label a per-step line plot (title, step axis, grid, legend), write it as PNG, close it."""
+    import matplotlib.pyplot as plt
+
+    axis.set_title(title)
+    axis.set_xlabel("step")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def plot_run(run_dir: Path) -> list[Path]:
     """Draw the run's PNG plots from metrics.jsonl. -> paths written."""
     import matplotlib
@@ -83,14 +97,7 @@ def plot_run(run_dir: Path) -> list[Path]:
         figure, axis = plt.subplots(figsize=(7, 4))
         for key, points in series.items():
             axis.plot([p[0] for p in points], [p[1] for p in points], label=key, linewidth=1.2)
-        axis.set_title(title)
-        axis.set_xlabel("step")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-        figure.tight_layout()
-        figure.savefig(out_dir / filename, dpi=100)
-        plt.close(figure)
-        written.append(out_dir / filename)
+        written.append(save_step_plot(figure, axis, title, out_dir / filename))
     if evals and any("IQ" in r for r in evals):
         figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
         steps = [r["step"] for r in evals if "IQ" in r]

@@ -37,7 +37,7 @@ from wavalign.train import checkpoint as ckpt
 from wavalign.train import fsdp
 from wavalign.train.config import TrainConfig
 from wavalign.train.data import (GenericFormat, PromptSampler, RecordConverter, TrainExample, batch_columns,
-                                 load_jsonl_examples, world_examples)
+                                 judge_prompt_text, load_jsonl_examples, world_examples)
 from wavalign.train.gate import AdaptiveGate
 from wavalign.train.logprobs import selected_logprobs
 from wavalign.train.losses import dpo_loss, hybrid_loss, policy_gradient_loss, sft_loss
@@ -178,13 +178,10 @@ class Trainer:
         return self.rank == 0
 
     def _pick_device(self) -> torch.device:
-        choice = self.config.run.device
-        if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-            if not torch.cuda.is_available():
-                raise RuntimeError("run.device is 'cuda' but no CUDA device is available")
-            torch.cuda.set_device(self.local_rank)
-            return torch.device("cuda", self.local_rank)
-        return torch.device("cpu")
+        device = pick_device(self.config.run.device, self.local_rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        return device
 
     def _needs_world(self) -> bool:
         c = self.config
@@ -197,13 +194,7 @@ class Trainer:
         from wavalign.world import load_world
         from wavalign.world.config import WorldConfig
 
-        choice = self.config.data.world
-        if choice == "default":
-            world_config = WorldConfig()
-        elif choice == "fast":
-            world_config = WorldConfig.fast()
-        else:
-            world_config = WorldConfig.from_yaml(choice)
+        world_config = WorldConfig.named(self.config.data.world)
         if self.distributed:  # one process builds, the others wait and load the cache
             if self.is_main:
                 world = load_world(world_config)
@@ -368,9 +359,7 @@ class Trainer:
         return rewards.view(len(examples), repeat), dict(reward_fn.last_components)
 
     def _prompt_text(self, example: TrainExample) -> str:
-        if example.prompt_text is not None:
-            return example.prompt_text
-        return self.tokenizer.decode(example.prompt_ids, skip_special_tokens=True)
+        return judge_prompt_text(example, self.tokenizer)
 
     def _logprobs(self, module, prompts, responses) -> tuple[torch.Tensor, torch.Tensor]:
         batch = pack(prompts, responses, self.spec, self.pad_id, self.device)
@@ -532,7 +521,7 @@ class Trainer:
                 f"step {self.step + 1}: {int(g_missing)} of {int(g_total)} samples ({rate:.0%}) got no reward, over "
                 f"rewards.max_failure_rate={limit}; the judge is failing (see the warnings above). Fix the judge "
                 f"and resume with --resume.")
-        nan_mean = (lambda x: float(x[~torch.isnan(x)].mean()) if bool((~torch.isnan(x)).any()) else math.nan)
+        nan_mean = (lambda x: _mean_where(x, ~torch.isnan(x)))
         lengths = rollout.lengths.float()
         types = rollout.token_types
         metrics = {"reward/mean": nan_mean(rewards), "reward/missing_fraction": missing / max(total, 1),
@@ -762,6 +751,15 @@ class Trainer:
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def pick_device(choice: str, local_rank: int = 0) -> torch.device:
+    """run.device ('auto', 'cuda' or 'cpu') -> this process's device; asking for CUDA without one fails clearly."""
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("run.device is 'cuda' but no CUDA device is available")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
 
 
 def _mean_where(values: torch.Tensor, mask: torch.Tensor) -> float:

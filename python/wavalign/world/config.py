@@ -88,6 +88,15 @@ class WorldConfig:
         return cls(**data)
 
     @classmethod
+    def named(cls, choice: str | Path) -> "WorldConfig":
+        """'default', 'fast', or the path of a YAML file of WorldConfig fields."""
+        if choice == "default":
+            return cls()
+        if choice == "fast":
+            return cls.fast()
+        return cls.from_yaml(choice)
+
+    @classmethod
     def from_yaml(cls, path: str | Path) -> "WorldConfig":
         path = Path(path)
         if not path.is_file():
