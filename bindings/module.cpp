@@ -190,29 +190,16 @@ void group_stats(py::handle rewards_obj, int32_t mode, bool sample_std, float ep
            WAVALIGN_CUDA_FN(group_stats_cuda));
 }
 
-void broadcast_advantages(py::handle advantages_obj, py::handle token_types,
-                          py::handle type_weights, py::handle out, uintptr_t cuda_stream) {
-  const TensorArg adv = tensor_arg(advantages_obj, "advantages");
-  require_dtype(adv, {DType::Float32});
-  require_shape(adv, {-1}, "[N]");
-  const TensorArg types = tensor_arg(token_types, "token_types");
-  require_dtype(types, {DType::Int8});
-  require_shape(types, {adv.shape[0], -1}, ("[" + std::to_string(adv.shape[0]) + ", T]").c_str());
-  require_same_device(types, adv);
-  const TensorArg weights = tensor_arg(type_weights, "type_weights");
-  require_dtype(weights, {DType::Float32});
-  require_shape(weights, {-1}, "[K]");
-  require_same_device(weights, adv);
-  BroadcastAdvantagesArgs a;
-  a.advantages = static_cast<const float*>(adv.data);
-  a.token_types = static_cast<const int8_t*>(types.data);
-  a.type_weights = static_cast<const float*>(weights.data);
-  a.n_rows = adv.shape[0];
-  a.n_tokens = types.shape[1];
-  a.n_types = weights.shape[0];
-  a.out = checked<float>(out, "out", DType::Float32, {a.n_rows, a.n_tokens}, adv);
-  dispatch(adv, "broadcast_advantages", a, cuda_stream, broadcast_advantages_cpu,
-           WAVALIGN_CUDA_FN(broadcast_advantages_cuda));
+// Checks the schedule code and special ids shared by interleave_advance and
+// interleave_allowed_mask.
+void check_interleave_config(int32_t schedule, int64_t vocab,
+                             std::initializer_list<int64_t> specials) {
+  for (int64_t special : specials)
+    if (special < -1 || special >= vocab)
+      throw py::value_error("special id " + std::to_string(special) + " is outside [-1, " +
+                            std::to_string(vocab) + ")");
+  if (schedule < kScheduleSequential || schedule > kScheduleFree)
+    throw py::value_error("schedule must be 0 (sequential), 1 (chunked) or 2 (free)");
 }
 
 void interleave_advance(int32_t schedule, int32_t text_chunk, int32_t speech_chunk,
@@ -241,12 +228,7 @@ void interleave_advance(int32_t schedule, int32_t text_chunk, int32_t speech_chu
   a.begin_audio = begin_audio;
   a.end_audio = end_audio;
   a.end_text = end_text;
-  for (int64_t special : {eos, begin_audio, end_audio, end_text})
-    if (special < -1 || special >= a.vocab)
-      throw py::value_error("special id " + std::to_string(special) + " is outside [-1, " +
-                            std::to_string(a.vocab) + ")");
-  if (schedule < kScheduleSequential || schedule > kScheduleFree)
-    throw py::value_error("schedule must be 0 (sequential), 1 (chunked) or 2 (free)");
+  check_interleave_config(schedule, a.vocab, {eos, begin_audio, end_audio, end_text});
   if (schedule == kScheduleChunked && (text_chunk <= 0 || speech_chunk <= 0))
     throw py::value_error("a chunked schedule needs text_chunk > 0 and speech_chunk > 0");
   if (!sampled.is_none()) a.sampled = checked<const int64_t>(sampled, "sampled", DType::Int64, {n}, modality);
@@ -263,6 +245,31 @@ void interleave_advance(int32_t schedule, int32_t text_chunk, int32_t speech_chu
   a.out_status = checked<int32_t>(out_status, "out_status", DType::Int32, {n}, modality);
   dispatch(modality, "interleave_advance", a, cuda_stream, interleave_advance_cpu,
            WAVALIGN_CUDA_FN(interleave_advance_cuda));
+}
+
+// CPU only: called once per spec to build the allowed-id range table, never per step.
+void interleave_allowed_mask(int32_t schedule, py::handle id_modality, int64_t eos,
+                             int64_t begin_audio, int64_t end_audio, int64_t end_text,
+                             int32_t allowed_set, py::handle out_mask) {
+  const TensorArg modality = tensor_arg(id_modality, "id_modality");
+  require_dtype(modality, {DType::Int8});
+  require_shape(modality, {-1}, "[V]");
+  if (modality.is_cuda()) throw py::value_error("interleave_allowed_mask runs on CPU tensors only");
+  check_interleave_config(schedule, modality.shape[0], {eos, begin_audio, end_audio, end_text});
+  if (allowed_set < 0 || allowed_set >= kNumAllowedSets)
+    throw py::value_error("allowed_set must lie in [0, " + std::to_string(kNumAllowedSets) +
+                          "), got " + std::to_string(allowed_set));
+  InterleaveArgs a;
+  a.schedule = schedule;
+  a.id_modality = static_cast<const int8_t*>(modality.data);
+  a.vocab = modality.shape[0];
+  a.eos = eos;
+  a.begin_audio = begin_audio;
+  a.end_audio = end_audio;
+  a.end_text = end_text;
+  int8_t* out = checked<int8_t>(out_mask, "out_mask", DType::Int8, {a.vocab}, modality);
+  py::gil_scoped_release release;
+  interleave_allowed_mask_cpu(a, allowed_set, out);
 }
 
 py::dict build_info() {
@@ -308,8 +315,6 @@ PYBIND11_MODULE(_core, m) {
         py::arg("eps"), py::arg("valid_count"), py::arg("mean"), py::arg("std"),
         py::arg("variance"), py::arg("max"), py::arg("min"), py::arg("zero_variance"),
         py::arg("all_missing"), py::arg("advantages"), py::arg("cuda_stream"));
-  m.def("broadcast_advantages", &broadcast_advantages, py::arg("advantages"),
-        py::arg("token_types"), py::arg("type_weights"), py::arg("out"), py::arg("cuda_stream"));
   m.def("interleave_advance", &interleave_advance, py::arg("schedule"), py::arg("text_chunk"),
         py::arg("speech_chunk"), py::arg("id_modality"), py::arg("eos"), py::arg("begin_audio"),
         py::arg("end_audio"), py::arg("end_text"), py::arg("sampled"), py::arg("max_text"),
@@ -317,6 +322,9 @@ PYBIND11_MODULE(_core, m) {
         py::arg("text_count"), py::arg("speech_count"), py::arg("text_done"),
         py::arg("finish_reason"), py::arg("out_allowed_set"), py::arg("out_status"),
         py::arg("cuda_stream"));
+  m.def("interleave_allowed_mask", &interleave_allowed_mask, py::arg("schedule"),
+        py::arg("id_modality"), py::arg("eos"), py::arg("begin_audio"), py::arg("end_audio"),
+        py::arg("end_text"), py::arg("allowed_set"), py::arg("out_mask"));
   m.def("build_info", &build_info);
   m.def("cuda_device_count", &cuda_device_count,
         "Number of usable CUDA devices (0 without CUDA kernels, driver or GPU).");

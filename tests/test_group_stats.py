@@ -1,4 +1,4 @@
-"""Native group statistics and advantage broadcast: hand-derived values and the twin."""
+"""Native group statistics: hand-derived values and the twin."""
 
 import math
 
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wavalign import ops
-from wavalign.reference import reference_broadcast_advantages, reference_group_stats
+from wavalign.reference import reference_group_stats
 
 NAN = float("nan")
 
@@ -101,41 +101,11 @@ def test_bad_arguments():
         ops.group_stats(torch.zeros(3, 2).t())
 
 
-def test_broadcast_advantages_under_scope():
-    advantages = torch.tensor([2.0, -1.0])
-    types = torch.tensor([[-1, 0, 0, 1, 1, -1], [-1, -1, 0, 1, 1, 1]], dtype=torch.int8)
-    text_only = ops.broadcast_advantages(advantages, types, (1.0, 0.0))
-    assert text_only.tolist() == [[0, 2, 2, 0, 0, 0], [0, 0, -1, 0, 0, 0]]
-    weighted = ops.broadcast_advantages(advantages, types, (1.0, 0.5))
-    assert weighted.tolist() == [[0, 2, 2, 1, 1, 0], [0, 0, -1, -0.5, -0.5, -0.5]]
-    big_types = torch.randint(-1, 3, (64, 300), dtype=torch.int8)
-    big_adv = torch.randn(64)
-    torch.testing.assert_close(
-        ops.broadcast_advantages(big_adv, big_types, (1.0, 0.25, 2.0)),
-        reference_broadcast_advantages(big_adv, big_types, (1.0, 0.25, 2.0)),
-    )
-
-
-def test_broadcast_rejects_bad_types():
-    with pytest.raises(ValueError, match=r"token_types must lie in \[-1, 2\)"):
-        ops.broadcast_advantages(torch.zeros(1), torch.tensor([[0, 2]], dtype=torch.int8), (1.0, 0.0))
-    with pytest.raises(TypeError, match="token_types must have dtype int8, got int64"):
-        ops.broadcast_advantages(torch.zeros(1), torch.tensor([[0, 1]]), (1.0, 0.0))
-    with pytest.raises(ValueError, match=r"token_types must have shape \[2, T\]"):
-        ops.broadcast_advantages(torch.zeros(2), torch.zeros(3, 4, dtype=torch.int8), (1.0, 0.0))
-
-
 @pytest.mark.cuda
-def test_cuda_group_stats_and_broadcast_match_cpu():
+def test_cuda_group_stats_match_cpu():
     rewards = torch.tensor([[1.0, 2.0, NAN, 5.0], [3.0, 3.0, 3.0, 3.0], [NAN] * 4])
     for mode in ("grpo", "dr_grpo", "rloo"):
         cpu = ops.group_stats(rewards, mode=mode)
         gpu = ops.group_stats(rewards.cuda(), mode=mode)
         torch.testing.assert_close(gpu.advantages.cpu(), cpu.advantages)
         assert torch.equal(gpu.zero_variance.cpu(), cpu.zero_variance)
-    types = torch.randint(-1, 2, (8, 50), dtype=torch.int8)
-    adv = torch.randn(8)
-    torch.testing.assert_close(
-        ops.broadcast_advantages(adv.cuda(), types.cuda(), torch.tensor([1.0, 0.0]).cuda()).cpu(),
-        ops.broadcast_advantages(adv, types, (1.0, 0.0)),
-    )

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from wavalign import ops
-from wavalign.modality import ModalitySpec, Schedule
+from wavalign import _ops, ops
+from wavalign.modality import ModalitySpec, Schedule, ids_to_ranges, load_preset
 from wavalign.reference.interleave import (
-    SET_EOS_ONLY, SET_SPEECH, SET_SWITCH_TO_SPEECH, SET_TEXT, RowState, allowed_mask, reference_step,
+    N_ALLOWED_SETS, SCHEDULE_CODES, SET_EOS_ONLY, SET_SPEECH, SET_SWITCH_TO_SPEECH, SET_TEXT, RowState,
+    allowed_mask, reference_step,
 )
 from wavalign.rollout import InterleaveState
 
@@ -25,6 +26,46 @@ SPECS = {
     "free": make_spec(Schedule.free()),
     "no_eos": make_spec(Schedule.sequential(), eos=None),
 }
+
+
+SCHEDULES = [Schedule.sequential(), Schedule.chunked(text=3, speech=5), Schedule.free()]
+
+
+def _native_mask(spec, allowed_set):
+    def code(token):
+        return -1 if token is None else token
+
+    return _ops.interleave_allowed_mask(SCHEDULE_CODES[spec.schedule.kind], spec.modality_table(), code(spec.eos),
+                                        code(spec.begin_audio), code(spec.end_audio), code(spec.end_text),
+                                        allowed_set)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS) + ["boundary_as_text", "preset"])
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=lambda s: s.kind)
+def test_native_allowed_mask_matches_twin(name, schedule):
+    """The range table comes from the native predicate; the twin is the oracle for every set."""
+    base = {"boundary_as_text": make_spec(Schedule.sequential(), boundary_is_speech=False),
+            "preset": load_preset("glm4_voice_like")}.get(name) or SPECS[name]
+    spec = ModalitySpec.from_dict({**base.to_dict(), "schedule": schedule})
+    table = spec.interleave_table()  # [4, R, 2]
+    for allowed_set in range(N_ALLOWED_SETS):
+        native, twin = _native_mask(spec, allowed_set), allowed_mask(spec, allowed_set)
+        assert native.dtype == torch.bool and native.shape == (spec.vocab_size,)
+        assert torch.equal(native, twin), (name, schedule.kind, allowed_set)
+        ranges = [tuple(r) for r in table[allowed_set].tolist() if r[0] < r[1]]
+        assert ranges == list(ids_to_ranges(torch.nonzero(twin).flatten().tolist()))
+
+
+def test_native_allowed_mask_rejects_bad_arguments():
+    modality = SPECS["sequential"].modality_table()
+    with pytest.raises(ValueError, match="allowed_set must lie in"):
+        _ops.interleave_allowed_mask(0, modality, 1, 20, 21, 2, 4)
+    with pytest.raises(ValueError, match="schedule must be 0"):
+        _ops.interleave_allowed_mask(3, modality, 1, 20, 21, 2, 0)
+    with pytest.raises(ValueError, match="special id 40 is outside"):
+        _ops.interleave_allowed_mask(0, modality, 40, 20, 21, 2, 0)
+    with pytest.raises(TypeError, match="id_modality must have dtype int8"):
+        _ops.interleave_allowed_mask(0, modality.long(), 1, 20, 21, 2, 0)
 
 
 def _walk(spec, n_rows, steps, seed, budgets):

@@ -1,11 +1,10 @@
-"""ModalitySpec: validation, token typing, phases, YAML and tokenizer builders, presets."""
+"""ModalitySpec: validation, token typing, YAML and tokenizer builders, presets, resolve_spec."""
 
 import pytest
 import torch
 
-from wavalign import ops
 from wavalign.modality import (
-    NOT_RESPONSE, SPEECH, TEXT, ModalitySpec, Schedule, ids_to_ranges, load_preset,
+    NEITHER, NOT_RESPONSE, SPEECH, TEXT, ModalitySpec, Schedule, ids_to_ranges, load_preset, resolve_spec,
 )
 
 
@@ -32,22 +31,13 @@ def test_token_types_boundaries_and_mask():
         spec.token_types(torch.tensor([[0, 40]]))
 
 
-def test_token_types_feed_scoped_advantages():
-    spec = small_spec()
-    ids = torch.tensor([[5, 6, 20, 25, 26, 21, 1]])
-    out = ops.broadcast_advantages(torch.tensor([2.0]), spec.token_types(ids), (1.0, 0.0))
-    assert out.tolist() == [[2.0, 2.0, 0.0, 0.0, 0.0, 0.0, 2.0]]
-
-
-def test_phase_ranges_feed_the_sampler():
-    spec = small_spec()
-    assert spec.phase_ranges(TEXT) == ((0, 21),)  # text ids (incl. EOS) + begin_audio
-    assert spec.phase_ranges(SPEECH) == ((1, 2), (21, 38))  # EOS + end_audio + speech ids
-    logits = torch.zeros(2000, 40)
-    ids = ops.sample_tokens(logits, allowed_ranges=spec.phase_ranges(SPEECH)).ids
-    assert set(ids.tolist()) == {1} | set(range(21, 38))
-    with pytest.raises(ValueError, match="phase must be TEXT"):
-        spec.phase_ranges(2)
+def test_token_types_derive_from_the_modality_table():
+    # ids 38, 39 are in no range: NEITHER in the modality table, text as token types
+    for spec in (small_spec(), small_spec(boundary_is_speech=False), load_preset("glm4_voice_like")):
+        table = spec.modality_table()
+        ids = torch.arange(spec.vocab_size)[None, :]
+        assert spec.token_types(ids)[0].tolist() == [TEXT if m == NEITHER else m for m in table.tolist()]
+    assert small_spec().modality_table()[38:].tolist() == [NEITHER, NEITHER]
 
 
 @pytest.mark.parametrize(
@@ -122,3 +112,34 @@ def test_from_hf_tokenizer_offline(tmp_path, monkeypatch):
     assert spec.token_types(ids).tolist() == [[TEXT, SPEECH, SPEECH, SPEECH, SPEECH, TEXT]]
     with pytest.raises(ValueError, match="no token of the tokenizer matches"):
         ModalitySpec.from_tokenizer(tokenizer, speech_pattern=r"<unit_\d+>")
+
+
+def test_resolve_spec_order(tmp_path, monkeypatch):
+    """--modality > <model_dir>/modality.yaml > the tokenizer; then a schedule override."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "</s>", "hi", "<|begin_of_audio|>", "<|end_of_audio|>"] + [f"<|audio_{i}|>" for i in range(4)]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>")
+    model_dir = tmp_path / "model"
+    tokenizer.save_pretrained(model_dir)
+
+    from_tokenizer = ModalitySpec.from_tokenizer(tokenizer)
+    assert resolve_spec(model_dir, tokenizer) == from_tokenizer
+    assert resolve_spec(model_dir) == from_tokenizer  # tokenizer loaded from model_dir
+    assert resolve_spec(model_dir, tokenizer, vocab_size=12).vocab_size == 12
+    saved = small_spec()
+    saved.to_yaml(model_dir / "modality.yaml")
+    assert resolve_spec(model_dir, tokenizer) == saved
+    other = small_spec(schedule=Schedule.free())
+    other.to_yaml(tmp_path / "other.yml")
+    assert resolve_spec(model_dir, tokenizer, modality=str(tmp_path / "other.yml")) == other
+    assert resolve_spec(model_dir, tokenizer, modality="glm4_voice_like") == load_preset("glm4_voice_like")
+    chunked = resolve_spec(model_dir, tokenizer, schedule={"kind": "chunked", "text": 2, "speech": 5})
+    assert chunked.schedule == Schedule.chunked(text=2, speech=5)
+    assert chunked.text_ranges == saved.text_ranges and chunked.eos == saved.eos
+    with pytest.raises(FileNotFoundError, match="no modality preset 'nope'"):
+        resolve_spec(model_dir, tokenizer, modality="nope")

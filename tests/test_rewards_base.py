@@ -32,12 +32,17 @@ def test_composite_drop_and_renormalize():
     drop = CompositeReward({"semantic": (semantic, 1.0), "acoustic": (acoustic, 0.5)}, missing="drop")
     # row 0: 5 + 0.5*3; row 1: acoustic missing -> None; row 2: semantic missing -> None
     assert drop(PROMPTS, COMPLETIONS, **columns) == [6.5, None, None]
-    assert drop.last_stats["reward/acoustic_missing"] == 1 and drop.last_stats["reward/composite_missing"] == 2
+    result = drop.score(PROMPTS, COMPLETIONS, **columns)  # the same, as data
+    assert result.names == ("semantic", "acoustic") and result.components.shape == (3, 2)
+    assert result.missing == {"semantic": 1, "acoustic": 1, "composite": 2}
+    assert result.total[0] == 6.5 and torch.isnan(result.total[1:]).all() and result.to_list() == [6.5, None, None]
     renorm = CompositeReward({"semantic": (semantic, 1.0), "acoustic": (acoustic, 0.5)}, missing="renormalize")
     out = renorm(PROMPTS, COMPLETIONS, **columns)
     # row 1: only semantic (5) present: 5 * 1.0 * (1.5 / 1.0); row 2: only acoustic: 2 * 0.5 * (1.5 / 0.5)
     assert out == pytest.approx([6.5, 7.5, 3.0])
-    assert torch.equal(renorm.last_components["semantic"][:2], torch.tensor([5.0, 5.0]))
+    result = renorm.score(PROMPTS, COMPLETIONS, **columns)
+    assert torch.equal(result.component("semantic")[:2], torch.tensor([5.0, 5.0]))
+    assert torch.equal(result.as_dict()["acoustic"][[0, 2]], torch.tensor([3.0, 2.0]))
 
 
 def test_composite_all_missing_stays_none():

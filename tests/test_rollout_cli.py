@@ -71,3 +71,37 @@ def test_cli_errors_are_clear(model_dir, tmp_path):
     assert proc.returncode == 2 and "pass both --model DIR and --prompts" in proc.stderr
     proc = run_cli("--model", model_dir, "--prompts", empty_prompt, "--wav-dir", tmp_path / "w")
     assert proc.returncode == 2 and "only the built-in world ships one" in proc.stderr
+
+
+def test_parser_exposes_every_sampling_field_for_both_modalities():
+    from wavalign.rollout.__main__ import _sampling, build_parser
+    from wavalign.sampling_params import SAMPLING_FIELD_NAMES
+
+    parser = build_parser()
+    flags = {option for action in parser._actions for option in action.option_strings}
+    expected = {"--temperature", "--top-k", "--top-p", "--min-p", "--repetition-penalty",
+                "--presence-penalty", "--frequency-penalty"}
+    assert len(SAMPLING_FIELD_NAMES) == 7 and expected <= flags
+    assert {"--speech-" + flag[2:] for flag in expected} <= flags
+    args = parser.parse_args(["--temperature", "0.7", "--top-k", "5", "--speech-top-p", "0.9",
+                              "--frequency-penalty", "0.25", "--speech-presence-penalty", "0.5"])
+    text = _sampling(args, "", None)
+    speech = _sampling(args, "speech_", text)
+    assert (text.temperature, text.top_k, text.top_p, text.frequency_penalty) == (0.7, 5, 1.0, 0.25)
+    # speech flags default to the text values
+    assert (speech.temperature, speech.top_k, speech.top_p) == (0.7, 5, 0.9)
+    assert (speech.presence_penalty, speech.frequency_penalty) == (0.5, 0.25)
+    assert isinstance(text.top_k, int)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--top-p", "1.5"], "argument --top-p: must be in (0, 1]"),
+    (["--speech-temperature", "-1"], "argument --speech-temperature: must be >= 0"),
+    (["--top-k", "2.5"], "argument --top-k: invalid int value"),
+])
+def test_parser_rejects_bad_sampling_values(argv, message, capsys):
+    from wavalign.rollout.__main__ import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    assert message in capsys.readouterr().err

@@ -32,7 +32,8 @@ def test_overrides_parse_values_as_yaml():
 
 @pytest.mark.parametrize("override, field", [
     ("optim.lr=-1", "optim.lr"), ("rollout.group_size=0", "rollout.group_size"),
-    ("rollout.top_p=1.5", "rollout.top_p"), ("objective.rl_scope=speechy", "objective.rl_scope"),
+    ("rollout.top_p=1.5", "rollout.text.top_p"), ("rollout.speech.top_k=-1", "rollout.speech.top_k"),
+    ("rollout.text.tempreature=1", "rollout.text.tempreature"), ("objective.rl_scope=speechy", "objective.rl_scope"),
     ("mode=ppo", "mode"), ("gate.ema=1.0", "gate.ema"), ("optim.betas=[0.9]", "optim.betas"),
     ("rewards.max_failure_rate=2", "rewards.max_failure_rate"), ("optim.nosuch=1", "optim.nosuch"),
     ("run.name=a/b", "run.name"), ("data.source=jsonl", "data.train_path"),
@@ -172,16 +173,19 @@ def test_public_wavalign_records_with_audio(tmp_path):
     (tmp_path / "p.jsonl").write_text(json.dumps(record) + "\n")
     seen = []
 
-    def units(waveform, rate):
-        seen.append((waveform.shape[0], rate))
-        return [1, 2]
+    class Codec:  # a SpeechCodec: only encode is needed to read records
+        sample_rate = 16000
 
-    examples, _ = load_jsonl_examples(tmp_path / "p.jsonl", _converter(audio_units=units, base_dir=tmp_path))
+        def encode(self, waveform, rate):
+            seen.append((waveform.shape[0], rate))
+            return [1, 2]
+
+    examples, _ = load_jsonl_examples(tmp_path / "p.jsonl", _converter(codec=Codec(), base_dir=tmp_path))
     assert seen == [(4, 16000)]
     e = examples[0]
     assert e.response_ids == [17, 18, 40, 51, 52, 41, 0] and e.columns["task_type"] == "qa"
     assert e.prompt_text == "hello?"
-    with pytest.raises(ValueError, match=r"p\.jsonl:1: .*audio tokenizer"):
+    with pytest.raises(ValueError, match=r"p\.jsonl:1: .*needs a speech codec"):
         load_jsonl_examples(tmp_path / "p.jsonl", _converter(base_dir=tmp_path))
 
 
@@ -233,21 +237,22 @@ def test_pair_scores():
 def test_packed_response_logprobs_equal_the_full_logits():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from wavalign.train.trainer import ResponseLogprobs, pack
+    from wavalign.train.logprobs import ResponseLogprobs, ResponseRows, pack
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                          num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False))
     prompts = [[5, 6, 7], [8], [9, 10, 11, 12, 13]]
     responses = [[12, 40, 55, 41, 0], [20, 40, 60, 61, 62, 41, 0], [40, 51, 41, 0]]
-    batch = pack(prompts, responses, SPEC, pad_id=1, device="cpu")
-    logp = ResponseLogprobs(model)(batch.ids, batch.mask, batch.starts, batch.response.shape[1])
+    rows = ResponseRows.from_lists(prompts, responses, SPEC, pad_id=1)
+    batch = pack(rows, pad_id=1, device="cpu")
+    logp = ResponseLogprobs(model)(batch.ids, batch.mask, batch.starts, batch.width)
     assert logp.shape == (3, 7)
     for row, (p, r) in enumerate(zip(prompts, responses)):
         full = torch.log_softmax(model(input_ids=torch.tensor([p + r])).logits[0].float(), dim=-1)
         expected = full[len(p) - 1:len(p) + len(r) - 1].gather(1, torch.tensor(r)[:, None]).squeeze(1)
         torch.testing.assert_close(logp[row, :len(r)], expected, rtol=1e-4, atol=1e-5)
-        assert (batch.types[row, len(r):] == -1).all() and (batch.types[row, :len(r)] >= 0).all()
+        assert (rows.types[row, len(r):] == -1).all() and (rows.types[row, :len(r)] >= 0).all()
     logp.sum().backward()  # the LM head (untied) gets a gradient
     assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
 
@@ -289,3 +294,17 @@ def test_rng_state_round_trip():
     ckpt.set_rng_state(state)
     b = (random.random(), torch.rand(3))
     assert a[0] == b[0] and torch.equal(a[1], b[1])
+
+
+def test_rollout_sampling_sections_and_the_old_flat_keys():
+    config = TrainConfig.load(None, ["rollout.text.top_p=0.9", "rollout.speech.temperature=0.5"])
+    text, speech = config.rollout.text_sampling, config.rollout.speech_sampling
+    assert (text.temperature, text.top_p) == (0.7, 0.9)
+    assert (speech.temperature, speech.top_p) == (0.5, 0.9)  # unset speech fields follow text
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.warns(DeprecationWarning, match=r"rollout\.temperature.*rollout\.text\.temperature"):
+        old = TrainConfig.load(None, ["rollout.temperature=0.9", "rollout.speech_temperature=0.3", "rollout.top_k=5"])
+    assert (old.rollout.text.temperature, old.rollout.text.top_k) == (0.9, 5)
+    assert (old.rollout.speech_sampling.temperature, old.rollout.speech_sampling.top_k) == (0.3, 5)
+    with pytest.raises(ConfigError, match=r"rollout\.temperature and rollout\.text\.temperature"):
+        TrainConfig.load(None, ["rollout.temperature=0.9", "rollout.text.temperature=0.8"])

@@ -8,7 +8,8 @@ import torch
 
 from wavalign.rewards import Completion
 from wavalign.train.config import ConfigError, RewardComponent, RewardsConfig, TrainConfig
-from wavalign.train.rewards import build_reward, load_python_reward, make_completions
+from wavalign.rewards.completions import make_completions
+from wavalign.train.rewards import build_reward, load_python_reward
 
 MODULE = textwrap.dedent('''
     def speech_length(prompts, completions, **columns):
@@ -77,7 +78,7 @@ def test_config_names_the_missing_option(kind, option):
 
 def test_audio_rewards_need_a_speech_decoder(tmp_path):
     config = rewards_config(("style", "hf_audio_classifier", 1.0, {"model": str(tmp_path)}))
-    with pytest.raises(ValueError, match=r"\['style'\] listen to audio, but wavalign ships a speech decoder only"):
+    with pytest.raises(ValueError, match=r"\['style'\] listen to audio, but this run has no speech codec"):
         build_reward(config, world=None)
 
 
@@ -103,13 +104,13 @@ def test_world_completions_carry_decoded_audio_for_listeners(fast_world, tmp_pat
     assert reward.needs_audio is True
     examples = fast_world.examples("test")[:3]
     responses = [e["response_ids"] for e in examples]
-    completions = make_completions(fast_world.format, responses, fast_world.scorer)
+    completions = make_completions(fast_world.format, responses, fast_world.codec)
     for completion in completions:
         assert completion.sample_rate == SAMPLE_RATE
         assert torch.equal(completion.audio, fast_world.scorer.wave(completion.speech_units))
     values = reward(["q"] * 3, completions)
     assert all(v is not None and 1.0 <= v <= 5.0 and math.isfinite(v) for v in values)
-    # without the scorer there is no audio, so the listener honestly has no score
+    # without the codec there is no audio, so the listener honestly has no score
     assert reward(["q"] * 3, make_completions(fast_world.format, responses)) == [None] * 3
 
 

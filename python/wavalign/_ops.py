@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from wavalign.sampling_params import SAMPLING_FIELD_NAMES
+
 try:
     from wavalign import _core
 except ImportError as error:  # pragma: no cover - exercised only on broken installs
@@ -80,7 +82,8 @@ def sample_tokens(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Native sampler call; arguments already normalised by :func:`wavalign.ops.sample_tokens`.
 
-    logits: [N, V] float32 | bfloat16 | float16; params: name -> [N] tensor.
+    logits: [N, V] float32 | bfloat16 | float16; params: name -> [N] tensor, one per
+    ModalitySampling field (the schema's order is the native argument order).
     Returns ids [N] int64, logprobs [N] float32, raw_logprobs [N] float32.
     """
     n, vocab = (logits.shape[0], logits.shape[1]) if logits.dim() == 2 else (0, 0)
@@ -94,13 +97,7 @@ def sample_tokens(
         workspace = torch.empty((n, vocab), dtype=torch.float32, device=device)
     _core.sample_tokens(
         logits,
-        params["temperature"],
-        params["top_k"],
-        params["top_p"],
-        params["min_p"],
-        params["repetition_penalty"],
-        params["presence_penalty"],
-        params["frequency_penalty"],
+        *(params[name] for name in SAMPLING_FIELD_NAMES),
         history,
         allowed_ranges,
         seed,
@@ -150,17 +147,6 @@ def group_stats(rewards: torch.Tensor, mode: str, sample_std: bool, eps: float) 
     return out
 
 
-def broadcast_advantages(
-    advantages: torch.Tensor, token_types: torch.Tensor, type_weights: torch.Tensor
-) -> torch.Tensor:
-    """advantages [N] float32, token_types [N, T] int8, type_weights [K] -> [N, T] float32."""
-    n_tokens = token_types.shape[1] if token_types.dim() == 2 else 0
-    out = torch.empty((advantages.shape[0] if advantages.dim() == 1 else 0, n_tokens),
-                      dtype=torch.float32, device=advantages.device)
-    _core.broadcast_advantages(advantages, token_types, type_weights, out, _stream(advantages.device))
-    return out
-
-
 def interleave_advance(config: dict, state: dict[str, torch.Tensor], sampled: torch.Tensor | None) -> torch.Tensor:
     """Advances the interleave state in place; returns the next allowed set per row [N] int32."""
     n = state["phase"].shape[0]
@@ -183,3 +169,15 @@ def interleave_advance(config: dict, state: dict[str, torch.Tensor], sampled: to
         raise ValueError(f"interleave: row {row}: sampled id {token} {reason} "
                          f"({bad.numel()} of {n} rows rejected; state of those rows unchanged)")
     return allowed
+
+
+def interleave_allowed_mask(schedule: int, id_modality: torch.Tensor, eos: int, begin_audio: int,
+                            end_audio: int, end_text: int, allowed_set: int) -> torch.Tensor:
+    """[V] bool: the ids allowed set `allowed_set` admits, by the state machine's own
+    predicate (interleave_allows). id_modality: [V] int8 (0 text, 1 speech, 2 neither);
+    special ids are -1 when absent. CPU; called once per spec, not per step."""
+    id_modality = id_modality.contiguous()  # the binding checks int8 [V] on CPU
+    mask = torch.empty(id_modality.shape[0], dtype=torch.int8)  # [V]
+    _core.interleave_allowed_mask(int(schedule), id_modality, int(eos), int(begin_audio), int(end_audio),
+                                  int(end_text), int(allowed_set), mask)
+    return mask.bool()

@@ -12,7 +12,8 @@ component needs one precise answer to "what modality is this id?". A spec holds:
 - ``schedule``: ``sequential`` (all text, then all speech), ``chunked(text=n, speech=m)``
   (GLM-4-Voice: 13 text then 26 speech, repeated) or ``free`` (the model chooses).
 
-Token types (used by every loss): -1 = not a response token, 0 = text, 1 = speech.
+Token types (used by every loss): -1 = not a response token, 0 = text, 1 = speech. The
+codes live in wavalign.codes (re-exported here).
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 import yaml
 
-TEXT, SPEECH, NOT_RESPONSE = 0, 1, -1
-NEITHER = 2  # an id in no modality range (e.g. padding rows of an enlarged embedding)
-SCHEDULE_KINDS = ("sequential", "chunked", "free")  # native codes 0, 1, 2
+from wavalign.codes import (  # noqa: F401  (TEXT, SPEECH, NOT_RESPONSE, NEITHER re-exported)
+    N_ALLOWED_SETS, NEITHER, NOT_RESPONSE, SCHEDULE_CODES, SCHEDULE_KINDS, SPEECH, TEXT,
+)
+
 SPECIAL_NAMES = ("eos", "bos", "pad", "begin_audio", "end_audio", "begin_text", "end_text")
 
 Range = tuple[int, int]
@@ -86,6 +88,16 @@ def ids_to_ranges(ids: Iterable[int]) -> tuple[Range, ...]:
     return tuple((lo, hi) for lo, hi in ranges)
 
 
+def _mask_to_ranges(mask: torch.Tensor) -> tuple[Range, ...]:
+    """[V] bool -> sorted half-open ranges of its True ids (ids_to_ranges of its nonzeros,
+    without a Python loop over ids)."""
+    padded = torch.cat([torch.zeros(1, dtype=torch.int8), mask.to(torch.int8), torch.zeros(1, dtype=torch.int8)])
+    step = padded[1:] - padded[:-1]  # [V + 1]: +1 where a run starts, -1 one past its end
+    starts = torch.nonzero(step == 1).flatten().tolist()
+    ends = torch.nonzero(step == -1).flatten().tolist()
+    return tuple(zip(starts, ends))
+
+
 def _inside(token: int, ranges: Sequence[Range]) -> bool:
     return any(lo <= token < hi for lo, hi in ranges)
 
@@ -137,18 +149,10 @@ class ModalitySpec:
     def boundary_ids(self) -> tuple[int, ...]:
         return tuple(t for t in (self.begin_audio, self.end_audio) if t is not None)
 
-    def type_table(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """[vocab_size] int8: the modality of every id (0 text, 1 speech)."""
-        table = torch.zeros(self.vocab_size, dtype=torch.int8)
-        for lo, hi in self.speech_ranges:
-            table[lo:hi] = SPEECH
-        for token in self.boundary_ids:
-            table[token] = SPEECH if self.boundary_is_speech else TEXT
-        return table.to(device)
-
     def modality_table(self) -> torch.Tensor:
-        """[vocab_size] int8 for the interleave state machine: 0 text, 1 speech, 2 neither.
+        """[vocab_size] int8, the one id -> modality table: 0 text, 1 speech, 2 neither.
 
+        The interleave state machine reads it as is; token_types maps neither to text.
         Boundary ids follow boundary_is_speech; other specials outside every range are text.
         """
         table = torch.full((self.vocab_size,), NEITHER, dtype=torch.int8)
@@ -168,11 +172,18 @@ class ModalitySpec:
         """[4, R, 2] int64: the allowed id ranges of each interleave set (AllowedSet in
         cpp/include/wavalign/interleave.h), padded with empty (0, 0) ranges.
 
-        Built from the reference predicate, so it matches the native state machine exactly.
+        Built from the native state machine's own predicate, so the two cannot disagree.
         """
-        from wavalign.reference.interleave import N_ALLOWED_SETS, allowed_mask
+        from wavalign import _ops
 
-        per_set = [ids_to_ranges(torch.nonzero(allowed_mask(self, s)).flatten().tolist())
+        modality = self.modality_table()  # [V] int8
+
+        def code(token):
+            return -1 if token is None else token
+
+        specials = (code(self.eos), code(self.begin_audio), code(self.end_audio), code(self.end_text))
+        per_set = [_mask_to_ranges(_ops.interleave_allowed_mask(SCHEDULE_CODES[self.schedule.kind],
+                                                                modality, *specials, s))
                    for s in range(N_ALLOWED_SETS)]
         width = max(1, max(len(r) for r in per_set))
         if width > 64:
@@ -197,7 +208,8 @@ class ModalitySpec:
             raise ValueError(
                 f"ids must lie in [0, {self.vocab_size}), found [{int(counted.min())}, {int(counted.max())}]"
             )
-        table = self.type_table(ids.device)
+        table = self.modality_table()  # [V] int8; ids in no range count as text
+        table = table.masked_fill(table == NEITHER, TEXT).to(ids.device)
         types = table[ids.clamp(0, self.vocab_size - 1).long()]
         if response_mask is not None:
             types = torch.where(response_mask.bool(), types, torch.full_like(types, NOT_RESPONSE))
@@ -206,13 +218,13 @@ class ModalitySpec:
     # ------------------------------------------------------------------ layout
     def layout_response(self, text_ids: Sequence[int], speech_ids: Sequence[int]) -> list[int]:
         """A gold response (text ids, speech vocabulary ids) laid out by the schedule, ending
-        in end-of-audio and EOS, and checked token by token against the interleave state
-        machine's reference twin, so it is exactly a sequence the sampler could emit.
+        in end-of-audio and EOS, and checked token by token by the native interleave state
+        machine (one row), so it is exactly a sequence the sampler could emit.
 
         sequential / free: text, begin-of-audio, speech, end-of-audio, EOS.
         chunked(n, m): n text, m speech, ... with end-of-text closing the text channel.
         """
-        from wavalign.reference.interleave import RowState, reference_step
+        from wavalign.rollout.interleave import InterleaveState  # imports this module
 
         text_ids, speech_ids = [int(t) for t in text_ids], [int(s) for s in speech_ids]
         if self.eos is None or self.end_audio is None:
@@ -233,39 +245,21 @@ class ModalitySpec:
                     out += speech[:m]
                     speech = speech[m:]
             out += speech + [self.end_audio, self.eos]
-        row = RowState()
+        row = InterleaveState(self, 1)
         for position, token in enumerate(out):
-            try:
-                reference_step(self, row, token)
-            except ValueError as error:
-                raise ValueError(f"response token {position} (id {token}) breaks the schedule: {error}") from None
-        return out
-
-    # ------------------------------------------------------------------ phases
-    def phase_ranges(self, phase: int) -> tuple[Range, ...]:
-        """Ids a row may emit while in `phase` (TEXT or SPEECH), as sorted disjoint ranges.
-
-        Text phase: text ids (which hold EOS and the text-side specials) plus begin-of-audio.
-        Speech phase: speech ids plus end-of-audio and EOS. The rollout engine's interleave
-        state machine narrows these further by schedule (chunk counts, forced switches).
-        """
-        if phase == TEXT:
-            extra = [self.begin_audio]
-            base = self.text_ranges
-        elif phase == SPEECH:
-            extra = [self.end_audio, self.eos]
-            base = self.speech_ranges
-        else:
-            raise ValueError(f"phase must be TEXT ({TEXT}) or SPEECH ({SPEECH}), got {phase!r}")
-        ids = [t for t in extra if t is not None and not _inside(t, base)]
-        merged = sorted(list(base) + [(t, t + 1) for t in ids])
-        out: list[list[int]] = []
-        for lo, hi in merged:
-            if out and lo <= out[-1][1]:
-                out[-1][1] = max(out[-1][1], hi)
+            if bool(row.finished[0]):  # after EOS the state machine ignores ids (so did the twin)
+                continue
+            if not 0 <= token < self.vocab_size:
+                detail = f"id {token} is outside [0, {self.vocab_size})"
             else:
-                out.append([lo, hi])
-        return tuple((lo, hi) for lo, hi in out)
+                phase = int(row.phase[0])  # a rejected id leaves the row unchanged
+                try:
+                    row.advance(torch.tensor([token], dtype=torch.int64))
+                    continue
+                except ValueError:
+                    detail = f"id {token} is not allowed in phase {phase}"
+            raise ValueError(f"response token {position} (id {token}) breaks the schedule: {detail}")
+        return out
 
     # ------------------------------------------------------------------ builders
     def to_dict(self) -> dict:
@@ -291,12 +285,10 @@ class ModalitySpec:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "ModalitySpec":
+        from wavalign.yaml_config import load_mapping
+
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"modality spec not found: {path}")
-        data = yaml.safe_load(path.read_text())
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of ModalitySpec fields, got {type(data).__name__}")
+        data = load_mapping(path, "ModalitySpec fields", kind="modality spec")
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as error:
@@ -377,3 +369,34 @@ def load_preset(name: str) -> ModalitySpec:
         available = sorted(p.stem for p in presets.glob("*.yaml"))
         raise FileNotFoundError(f"no modality preset {name!r}; available: {available}")
     return ModalitySpec.from_yaml(path)
+
+
+def resolve_spec(model_dir: str | Path, tokenizer=None, *, modality: str | None = None,
+                 schedule: Mapping | None = None, speech_pattern: str | None = None,
+                 vocab_size: int | None = None) -> ModalitySpec:
+    """The ModalitySpec of a model directory, resolved the same way by every entry point.
+
+    1. `modality` given: a .yaml / .yml path -> ModalitySpec.from_yaml, else a preset name
+       (load_preset);
+    2. else <model_dir>/modality.yaml, when present (what checkpoints and the world save);
+    3. else ModalitySpec.from_tokenizer(tokenizer), loading the tokenizer from model_dir when
+       none is given; `speech_pattern` / `vocab_size` are passed on when not None.
+    Then a `schedule` mapping (Schedule fields) replaces the spec's schedule.
+    """
+    model_dir = Path(model_dir)
+    if modality is not None:
+        spec = (ModalitySpec.from_yaml(modality) if str(modality).endswith((".yaml", ".yml"))
+                else load_preset(str(modality)))
+    elif (model_dir / "modality.yaml").is_file():
+        spec = ModalitySpec.from_yaml(model_dir / "modality.yaml")
+    else:
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        options = {name: value for name, value in (("speech_pattern", speech_pattern), ("vocab_size", vocab_size))
+                   if value is not None}
+        spec = ModalitySpec.from_tokenizer(tokenizer, **options)
+    if schedule is not None:
+        spec = ModalitySpec.from_dict({**spec.to_dict(), "schedule": dict(schedule)})
+    return spec

@@ -2,7 +2,8 @@
 
 ``sample_tokens`` draws the next token for many rows at once under per-row sampling
 parameters and per-row allowed-id ranges (how text vs speech phases are enforced).
-Its exact pure-PyTorch twin is :func:`wavalign.reference.sampling.reference_sample_tokens`.
+Its exact pure-PyTorch twin (the tests' oracle) is ``reference_sample_tokens`` in the
+``reference`` subpackage.
 """
 
 from __future__ import annotations
@@ -13,18 +14,14 @@ import numpy as np
 import torch
 
 from wavalign import _ops
+from wavalign.sampling_params import SAMPLING_FIELDS
 
 RowParam = Union[float, int, torch.Tensor]
 
-# name -> (dtype of the per-row tensor, value that switches the step off)
+# name -> (dtype of the per-row tensor, value that switches the step off), in native
+# argument order; derived from the ModalitySampling schema (wavalign.sampling_params).
 SAMPLING_PARAMS: dict[str, tuple[torch.dtype, float]] = {
-    "temperature": (torch.float32, 1.0),
-    "top_k": (torch.int64, 0),
-    "top_p": (torch.float32, 1.0),
-    "min_p": (torch.float32, 0.0),
-    "repetition_penalty": (torch.float32, 1.0),
-    "presence_penalty": (torch.float32, 0.0),
-    "frequency_penalty": (torch.float32, 0.0),
+    f.name: (getattr(torch, f.metadata["dtype"]), f.metadata["off"]) for f in SAMPLING_FIELDS
 }
 
 _MAX_SEED = 2**64
@@ -77,7 +74,8 @@ def sample_tokens(
     seed: int = 0,
     offsets: torch.Tensor | None = None,
 ) -> SampledTokens:
-    """Sample one token per row.
+    """Sample one token per row. (The seven parameters are the ModalitySampling fields;
+    a test keeps this signature and its defaults equal to that schema.)
 
     Pipeline per row: penalties over ``history`` -> allowed-id mask -> temperature
     (0 = greedy) -> top-k -> top-p -> min-p -> draw. See cpp/include/wavalign/sampling.h.
@@ -102,6 +100,7 @@ def sample_tokens(
         layout; ValueError naming the first bad row for NaN/+inf logits, an empty allowed
         set, an allowed set with no finite logit, out-of-range ids or invalid parameters.
     """
+    arguments = locals()  # the sampling parameters, read below by schema name
     logits = _as_tensor(logits, "logits")  # numpy: zero-copy; results come back as torch tensors
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape [N, V], got {list(logits.shape)}")
@@ -109,16 +108,7 @@ def sample_tokens(
         raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
     n = logits.shape[0]
     device = logits.device
-    values = {
-        "temperature": temperature,
-        "top_k": top_k,
-        "top_p": top_p,
-        "min_p": min_p,
-        "repetition_penalty": repetition_penalty,
-        "presence_penalty": presence_penalty,
-        "frequency_penalty": frequency_penalty,
-    }
-    params = {name: _row_param(value, name, n, device) for name, value in values.items()}
+    params = {name: _row_param(arguments[name], name, n, device) for name in SAMPLING_PARAMS}
     if offsets is None:
         offsets = torch.arange(n, dtype=torch.int64, device=device)
     ranges = normalize_ranges(allowed_ranges, n, device)
@@ -199,36 +189,6 @@ def group_stats(
     return GroupStats(**out)
 
 
-def broadcast_advantages(
-    advantages: torch.Tensor,
-    token_types: torch.Tensor,
-    type_weights: Sequence[float] | torch.Tensor,
-) -> torch.Tensor:
-    """Spread one advantage per sequence over its tokens under a modality scope.
-
-    Args:
-        advantages: [N] float32, one per sequence.
-        token_types: [N, T] int8; -1 = not a response token (prompt, padding), k >= 0 =
-            modality k (0 = text, 1 = speech in ModalitySpec).
-        type_weights: [K] weight per modality, e.g. (1.0, 0.0) = text-only RL scope.
-
-    Returns:
-        [N, T] float32: advantages[n] * type_weights[token_types[n, t]], 0 where type is -1.
-    """
-    advantages = _as_tensor(advantages, "advantages")
-    token_types = _as_tensor(token_types, "token_types")
-    if not isinstance(type_weights, torch.Tensor):
-        type_weights = torch.tensor(list(type_weights), dtype=torch.float32, device=advantages.device)
-    if token_types.dtype == torch.int8 and token_types.numel():
-        low, high = int(token_types.min()), int(token_types.max())
-        if low < -1 or high >= type_weights.numel():
-            raise ValueError(
-                f"token_types must lie in [-1, {type_weights.numel()}) (one weight per modality), "
-                f"found values in [{low}, {high}]"
-            )
-    return _ops.broadcast_advantages(advantages, token_types, type_weights)
-
-
 build_info = _ops.build_info
 cuda_device_count = _ops.cuda_device_count
 set_num_threads = _ops.set_num_threads
@@ -237,7 +197,6 @@ get_num_threads = _ops.get_num_threads
 __all__ = [
     "GroupStats",
     "group_stats",
-    "broadcast_advantages",
     "SampledTokens",
     "sample_tokens",
     "build_info",

@@ -42,25 +42,8 @@ struct GroupStatsArgs {
 
 void group_stats_cpu(const GroupStatsArgs& args);
 
-// out[n, t] = advantages[n] * type_weights[token_types[n, t]] where token_types >= 0, else 0
-// (negative types mark prompt / padding positions). The caller checks that every type is
-// in [-1, n_types).
-struct BroadcastAdvantagesArgs {
-  const float* advantages = nullptr;  // [n_rows]
-  const int8_t* token_types = nullptr;  // [n_rows, n_tokens]
-  const float* type_weights = nullptr;  // [n_types]
-  int64_t n_rows = 0;
-  int64_t n_tokens = 0;
-  int64_t n_types = 0;
-  float* out = nullptr;  // [n_rows, n_tokens]
-  void* cuda_stream = nullptr;
-};
-
-void broadcast_advantages_cpu(const BroadcastAdvantagesArgs& args);
-
 #if defined(WAVALIGN_WITH_CUDA)
 const char* group_stats_cuda(const GroupStatsArgs& args);
-const char* broadcast_advantages_cuda(const BroadcastAdvantagesArgs& args);
 #endif
 
 }  // namespace wavalign

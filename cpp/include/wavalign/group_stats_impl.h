@@ -65,10 +65,4 @@ WAVALIGN_HD void group_stats_one(const GroupStatsArgs& a, int64_t g) {
   }
 }
 
-
-WAVALIGN_HD void broadcast_one_row(const BroadcastAdvantagesArgs& a, int64_t row, int64_t t) {
-  const int8_t type = a.token_types[row * a.n_tokens + t];
-  a.out[row * a.n_tokens + t] = type >= 0 ? a.advantages[row] * a.type_weights[type] : 0.0f;
-}
-
 }  // namespace wavalign

@@ -1,7 +1,8 @@
 // Interleave state machine: after each sampled token, advance every row's phase under the
 // ModalitySpec schedule and say which id set the row may sample from next. The sets are
-// rows of a small range table built in Python (ModalitySpec.interleave_table), so the
-// sampler receives allowed ranges with a single gather and no Python loop over rows.
+// rows of a small range table built in Python (ModalitySpec.interleave_table) from
+// interleave_allowed_mask_cpu, so the sampler receives allowed ranges with a single gather
+// and no Python loop over rows. python/wavalign/codes.py mirrors the enums below.
 //
 // Per row: phase, tokens emitted in the current chunk, text / speech totals, text_done,
 // finish reason. Transitions on the sampled id (python/wavalign/reference/interleave.py is
@@ -64,6 +65,11 @@ struct InterleaveArgs {
 };
 
 void interleave_advance_cpu(const InterleaveArgs& args);
+
+// out_mask[id] = 1 if allowed set `set` admits id under args.schedule, else 0, for every id
+// in [0, args.vocab). Reads only the schedule, id_modality and special ids of `args`. The
+// range table is built from this, so table and state machine share one predicate.
+void interleave_allowed_mask_cpu(const InterleaveArgs& args, int32_t set, int8_t* out_mask);
 #if defined(WAVALIGN_WITH_CUDA)
 const char* interleave_advance_cuda(const InterleaveArgs& args);
 #endif

@@ -11,7 +11,7 @@ namespace wavalign {
 constexpr int8_t kModText = 0, kModSpeech = 1;
 
 // Is `id` in allowed set `set` under the schedule? The Python range table is built from
-// the twin of this predicate, so table and state machine cannot disagree.
+// this predicate (interleave_allowed_mask_cpu), so table and state machine cannot disagree.
 WAVALIGN_HD bool interleave_allows(const InterleaveArgs& a, int32_t set, int64_t id) {
   const int8_t mod = a.id_modality[id];
   const bool begin = id == a.begin_audio, end = id == a.end_audio, eos = id == a.eos;

@@ -12,4 +12,8 @@ void interleave_advance_cpu(const InterleaveArgs& args) {
                /*min_items_per_thread=*/4096);
 }
 
+void interleave_allowed_mask_cpu(const InterleaveArgs& args, int32_t set, int8_t* out_mask) {
+  for (int64_t id = 0; id < args.vocab; ++id) out_mask[id] = interleave_allows(args, set, id) ? 1 : 0;
+}
+
 }  // namespace wavalign

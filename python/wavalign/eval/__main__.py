@@ -26,7 +26,7 @@ from wavalign.eval.checkpoints import Target, load_model, load_world_for, resolv
 from wavalign.eval.report import (comparison_table, compare, jsonable, records_from_json, summarize,
                                   summary_table)
 from wavalign.eval.stats import DEFAULT_RESAMPLES
-from wavalign.train.checkpoint import write_text_atomic
+from wavalign.files import write_text_atomic
 from wavalign.train.config import ConfigError, TrainConfig
 
 

@@ -18,6 +18,8 @@ same config, so an interrupted ablation continues where it stopped.
     python -m wavalign.eval.ablation --config configs/ablation/gpu.yaml
     python -m wavalign.eval.ablation --arms sft wavalign --seeds 0  # a subset
     python -m wavalign.eval.ablation --report-only                  # re-aggregate finished runs
+
+This module runs the arms; the aggregation, tables and plots are in wavalign.eval.ablation_report.
 """
 
 from __future__ import annotations
@@ -31,16 +33,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from wavalign.eval.core import METRICS, mean_summary
-from wavalign.eval.report import digits, jsonable, records_from_json
-from wavalign.eval.stats import seeded_mean_ci
+from wavalign.eval.ablation_report import TABLE_METRICS, aggregate, format_tables, plot  # noqa: F401
+from wavalign.eval.core import mean_summary
+from wavalign.eval.report import jsonable
 from wavalign.train.checkpoint import write_text_atomic
 from wavalign.train.config import ConfigError, TrainConfig
+from wavalign.yaml_config import load_mapping
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ablation" / "cpu.yaml"
-TABLE_METRICS = ("IQ", "EQ", "WER", "reward")
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,7 @@ class AblationConfig:
     @classmethod
     def load(cls, path: str | Path) -> "AblationConfig":
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ablation config not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping")
+        data = load_mapping(path, "ablation settings", allow_empty=True, kind="ablation config", error=ConfigError)
         unknown = set(data) - {"name", "seeds", "common", "arms", "reference"}
         if unknown:
             raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
@@ -133,7 +129,10 @@ def run_arm(arm: Arm, seed: int, config: TrainConfig, world, out: Path) -> dict:
     try:
         trainer.fit()
         train_seconds = time.perf_counter() - start
-        records = trainer.evaluator().run(trainer.policy)
+        # the trainer's evaluator: a factory method, or (after the collect/learn redesign) an attribute
+        evaluator = (trainer.evaluator() if callable(trainer.evaluator) and not hasattr(trainer.evaluator, "run")
+                     else trainer.evaluator)
+        records = evaluator.run(trainer.policy)
     finally:
         trainer.close()
     result = {"arm": arm.name, "seed": seed, "config": config.to_dict(), "train_seconds": train_seconds,
@@ -163,173 +162,6 @@ def _device(config: TrainConfig):
     from wavalign.train.trainer import pick_device
 
     return pick_device(config.run.device)
-
-
-# ---------------------------------------------------------------------------- aggregation
-def aggregate(ablation: AblationConfig, out: Path, resamples: int = 2000) -> dict:
-    """Means over seeds and prompts with two-level bootstrap CIs, and paired changes from base."""
-    base_path = out / "base" / "eval.json"
-    if not base_path.is_file():
-        raise FileNotFoundError(f"{base_path} is missing: run the ablation first")
-    base_saved = json.loads(base_path.read_text())
-    base = records_from_json(base_saved["records"])
-    base_rewards = base_saved.get("config", {}).get("rewards")
-    ids = [r["id"] for r in base]
-    summary = {"name": ablation.name, "seeds": [], "n_prompts": len(base),
-               "base": {m: seeded_mean_ci([[r[m] for r in base]], resamples=resamples) for m in TABLE_METRICS},
-               "arms": {}}
-    matrices: dict[str, dict[int, list[dict]]] = {}
-    for arm in ablation.arms:
-        runs = []
-        for seed in ablation.seeds:
-            path = out / arm.name / f"seed_{seed}" / "eval.json"
-            if path.is_file():
-                saved = json.loads(path.read_text())
-                records = records_from_json(saved["records"])
-                if [r["id"] for r in records] != ids:
-                    raise ValueError(f"{path}: scored on other prompts than the base evaluation")
-                if saved.get("config", {}).get("rewards") != base_rewards:
-                    # judged by other reward functions than the base: its reward is not comparable
-                    for record in records:
-                        record["reward"] = math.nan
-                runs.append((seed, records, saved.get("train_seconds", math.nan)))
-        if not runs:
-            continue
-        matrices[arm.name] = {seed: records for seed, records, _ in runs}
-        entry = {"description": arm.description, "paper": arm.paper, "mode": arm.mode,
-                 "overrides": list(arm.overrides), "seeds": [s for s, _, _ in runs],
-                 "train_seconds": sum(t for _, _, t in runs) / len(runs), "metrics": {}}
-        for metric in TABLE_METRICS:
-            matrix = [[r[metric] for r in records] for _, records, _ in runs]  # [seeds, prompts]
-            baseline = [r[metric] for r in base]
-            per_seed = [float(sum(x for x in row if not math.isnan(x)) / max(1, sum(not math.isnan(x) for x in row)))
-                        for row in matrix]
-            entry["metrics"][metric] = {
-                "value": seeded_mean_ci(matrix, resamples=resamples),
-                "change": seeded_mean_ci(matrix, baseline=baseline, resamples=resamples),
-                "per_seed": per_seed}
-        summary["arms"][arm.name] = entry
-        summary["seeds"] = sorted(set(summary["seeds"]) | set(entry["seeds"]))
-    reference = ablation.reference
-    if reference in matrices:
-        summary["reference"] = reference
-        for name, by_seed in matrices.items():
-            if name == reference:
-                continue
-            seeds = sorted(set(by_seed) & set(matrices[reference]))  # seed k of one arm against seed k
-            summary["arms"][name]["versus_reference"] = {
-                metric: seeded_mean_ci([[x[metric] - y[metric] for x, y in zip(by_seed[s], matrices[reference][s])]
-                                        for s in seeds], resamples=resamples)
-                for metric in TABLE_METRICS} if seeds else {}
-    return summary
-
-
-def format_tables(summary: dict) -> str:
-    lines = [f"Ablation '{summary['name']}': {summary['n_prompts']} test prompts, greedy; means over seeds "
-             f"{summary['seeds']} and prompts, 95% bootstrap CIs (seeds and prompts resampled).", ""]
-    header = "| arm | " + " | ".join(f"{m}" for m in TABLE_METRICS) + " |"
-    lines += [header, "|---" * (len(TABLE_METRICS) + 1) + "|"]
-    base = summary["base"]
-    lines.append("| base policy | " + " | ".join(base[m].format(digits(m)) for m in TABLE_METRICS) + " |")
-    for name, entry in summary["arms"].items():
-        cells = [entry["metrics"][m]["value"].format(digits(m)) for m in TABLE_METRICS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Change from the base policy (paired by prompt):", "",
-              "| arm | " + " | ".join(f"Δ{m}" for m in TABLE_METRICS) + " | per-seed ΔIQ / ΔEQ | s/run |",
-              "|---" * (len(TABLE_METRICS) + 3) + "|"]
-    for name, entry in summary["arms"].items():
-        cells = []
-        for m in TABLE_METRICS:
-            change = entry["metrics"][m]["change"]
-            mark = ""
-            if not math.isnan(change.low) and METRICS[m] is not None and (change.low > 0 or change.high < 0):
-                better = (change.low > 0) == METRICS[m]
-                mark = " ↑" if better else " ↓"
-            cells.append(change.format(digits(m), signed=True) + mark)
-        base_iq, base_eq = base["IQ"].mean, base["EQ"].mean
-        per_seed = ", ".join(f"{iq - base_iq:+.1f}/{eq - base_eq:+.2f}" for iq, eq in
-                             zip(entry["metrics"]["IQ"]["per_seed"], entry["metrics"]["EQ"]["per_seed"]))
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {per_seed} | {entry['train_seconds']:.0f} |")
-    lines += ["", "↑ / ↓: the 95% CI of the change excludes 0 (better / worse than base; lower WER is better).",
-              "n/a reward: the arm trains and is scored with other reward functions than the base policy."]
-    reference = summary.get("reference")
-    if reference:
-        lines += ["", f"Difference from {reference} (seed k against seed k, paired by prompt):", "",
-                  "| arm | " + " | ".join(f"Δ{m}" for m in TABLE_METRICS) + " |",
-                  "|---" * (len(TABLE_METRICS) + 1) + "|"]
-        for name, entry in summary["arms"].items():
-            versus = entry.get("versus_reference")
-            if not versus:
-                continue
-            cells = []
-            for m in TABLE_METRICS:
-                d = versus[m]
-                mark = ""
-                if not math.isnan(d.low) and METRICS[m] is not None and (d.low > 0 or d.high < 0):
-                    mark = " ↑" if (d.low > 0) == METRICS[m] else " ↓"
-                cells.append(d.format(digits(m), signed=True) + mark)
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines += ["", f"↑ / ↓: better / worse than {reference}, the 95% CI excluding 0."]
-    return "\n".join(lines)
-
-
-def plot(ablation: AblationConfig, summary: dict, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from wavalign.train.run_log import read_metrics, save_step_plot
-
-    plots = out / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
-    written = []
-    for key, filename, title in (("reward/mean", "reward_curves.png", "training reward (mean over seeds)"),
-                                 ("gate/lambda", "lambda.png", "gate λ (RL weight), mean over seeds")):
-        figure, axis = plt.subplots(figsize=(7.5, 4))
-        drawn = False
-        for arm in ablation.arms:
-            curves = []
-            for seed in ablation.seeds:
-                train = [r for r in read_metrics(out / arm.name / f"seed_{seed}") if r.get("kind") == "train"]
-                points = {r["step"]: r[key] for r in train if r.get(key) is not None}
-                if points:
-                    curves.append(points)
-            if not curves:
-                continue
-            steps = sorted(set.intersection(*(set(c) for c in curves)))
-            mean = [sum(c[s] for c in curves) / len(curves) for s in steps]
-            window = 5  # moving average: rollout rewards are noisy step to step
-            smooth = [sum(mean[max(0, i - window + 1):i + 1]) / len(mean[max(0, i - window + 1):i + 1])
-                      for i in range(len(mean))]
-            axis.plot(steps, smooth, label=arm.name, linewidth=1.3)
-            drawn = True
-        if drawn:
-            written.append(save_step_plot(figure, axis, title, plots / filename))
-        else:
-            plt.close(figure)
-
-    figure, axis = plt.subplots(figsize=(7, 5))
-    base = summary["base"]
-    axis.scatter([base["IQ"].mean], [base["EQ"].mean], marker="*", s=200, color="black", label="base", zorder=3)
-    for index, (name, entry) in enumerate(summary["arms"].items()):
-        color = f"C{index % 10}"
-        iq, eq = entry["metrics"]["IQ"], entry["metrics"]["EQ"]
-        axis.scatter(iq["per_seed"], eq["per_seed"], color=color, alpha=0.35, s=18)
-        axis.errorbar([iq["value"].mean], [eq["value"].mean],
-                      xerr=[[iq["value"].mean - iq["value"].low], [iq["value"].high - iq["value"].mean]],
-                      yerr=[[eq["value"].mean - eq["value"].low], [eq["value"].high - eq["value"].mean]],
-                      fmt="o", color=color, label=name, capsize=3)
-    axis.set_xlabel("IQ (% correct, test)")
-    axis.set_ylabel("EQ (style, 1-5, test)")
-    axis.set_title("IQ and EQ per method (mean, 95% CI; faint: single seeds)")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(plots / "iq_eq.png", dpi=100)
-    plt.close(figure)
-    written.append(plots / "iq_eq.png")
-    return written
 
 
 # ---------------------------------------------------------------------------- command line

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
 
-from wavalign.eval.core import PolicyEvaluator
-from wavalign.modality import ModalitySpec
+from wavalign.eval.core import PolicyEvaluator, build_evaluator
+from wavalign.modality import ModalitySpec, resolve_spec
 from wavalign.train import checkpoint as ckpt
 from wavalign.train.config import TrainConfig
-from wavalign.train.data import judge_prompt_text, world_examples
+from wavalign.train.data import world_examples
 
 
 @dataclass
@@ -67,12 +66,11 @@ def load_world_for(config: TrainConfig):
 
 
 def load_model(model_dir: Path, device: torch.device, dtype: torch.dtype = torch.float32):
-    """-> (policy in eval mode, its ModalitySpec or None when the directory has none)."""
+    """-> (policy in eval mode, its ModalitySpec, resolved as the trainer resolves a model directory)."""
     from transformers import AutoModelForCausalLM
 
     policy = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device).eval()
-    spec_file = model_dir / "modality.yaml"
-    return policy, (ModalitySpec.from_yaml(spec_file) if spec_file.is_file() else None)
+    return policy, resolve_spec(model_dir)
 
 
 def world_evaluator(config: TrainConfig, world, spec: ModalitySpec | None = None) -> PolicyEvaluator:
@@ -80,10 +78,7 @@ def world_evaluator(config: TrainConfig, world, spec: ModalitySpec | None = None
     same split, limit, greedy decoding, response budget, and judges (seed + 10_000)."""
     from wavalign.train.rewards import EVAL_JUDGE_SEED_OFFSET, build_reward
 
-    examples = world_examples(world.examples(config.eval.split))[:config.eval.limit]
-    tokenizer = world.tokenizer
-    return PolicyEvaluator(spec=spec or world.spec, pad_id=tokenizer.pad_token_id, examples=examples,
-                           format=world.format, scorer=world.scorer,
+    return build_evaluator(config, examples=world_examples(world.examples(config.eval.split)),
+                           spec=spec or world.spec, tokenizer=world.tokenizer, format=world.format, world=world,
                            reward_fn=build_reward(config.rewards, world, EVAL_JUDGE_SEED_OFFSET),
-                           prompt_text=partial(judge_prompt_text, tokenizer=tokenizer), max_new_tokens=config.rollout.max_new_tokens,
-                           temperature=config.eval.temperature)
+                           exact=world.exact_metrics)

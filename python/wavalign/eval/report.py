@@ -5,20 +5,15 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from wavalign.eval.core import METRICS, metric_names
+from wavalign.eval.core import METRICS, metric_digits, metric_label, metric_names
 from wavalign.eval.stats import DEFAULT_RESAMPLES, Interval, mean_ci, paired_difference_ci, win_rate_ci
 
-LABELS = {"IQ": "IQ (% correct)", "EQ": "EQ (style, 1-5)", "WER": "text-speech WER (lower better)",
-          "reward": "mean judge reward (1-5)", "length": "response length (tokens)"}
-DIGITS = {"IQ": 1, "WER": 3, "length": 1}
-
-
 def label(name: str) -> str:
-    return LABELS.get(name, f"  judge: {name.split('/', 1)[1]}" if name.startswith("reward/") else name)
+    return metric_label(name)  # the one label table: wavalign.train.evaluator.METRIC_LABELS
 
 
 def digits(name: str) -> int:
-    return DIGITS.get(name, 2)
+    return metric_digits(name)
 
 
 def summarize(records: Sequence[dict], resamples: int = DEFAULT_RESAMPLES) -> dict[str, Interval]:
@@ -55,22 +50,28 @@ def summary_table(summary: dict[str, Interval]) -> str:
     return "\n".join(lines)
 
 
+def verdict(interval_low: float, interval_high: float, higher_is_better: bool | None) -> str:
+    """The verdict on a change (new - old) from its confidence interval: 'better' or 'worse' when
+    the interval excludes 0 (in the metric's direction), 'unresolved' when it holds 0, and ''
+    for a metric without a direction (higher_is_better None) or an interval without bounds (NaN)."""
+    if higher_is_better is None or math.isnan(interval_low):
+        return ""
+    if interval_low > 0:
+        return "better" if higher_is_better else "worse"
+    if interval_high < 0:
+        return "worse" if higher_is_better else "better"
+    return "unresolved"
+
+
 def comparison_table(result: dict, name_a: str, name_b: str) -> str:
     lines = [f"| metric | A: {name_a} | B: {name_b} | B - A [95% CI] | better |", "|---|---|---|---|---|"]
     for name, entry in result["metrics"].items():
         d = digits(name)
         diff: Interval = entry["difference"]
-        higher_better = METRICS.get(name, True)
-        verdict = ""
-        if higher_better is not None and not math.isnan(diff.low):
-            if diff.low > 0:
-                verdict = "B" if higher_better else "A"
-            elif diff.high < 0:
-                verdict = "A" if higher_better else "B"
-            else:
-                verdict = "unresolved"
+        outcome = verdict(diff.low, diff.high, METRICS.get(name, True))  # of B against A
+        better = {"better": "B", "worse": "A"}.get(outcome, outcome)  # or 'unresolved', or ''
         lines.append(f"| {label(name)} | {entry['a'].mean:.{d}f} | {entry['b'].mean:.{d}f} | "
-                     f"{diff.format(d, signed=True)} | {verdict} |")
+                     f"{diff.format(d, signed=True)} | {better} |")
     for name, interval in result["win_rate"].items():
         judge = "composite judge" if name == "reward" else f"judge {name.split('/', 1)[1]}"
         lines.append(f"\nwin rate of B over A by {judge} (ties count half): {interval.format(1)} % of "

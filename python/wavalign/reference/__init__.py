@@ -1,13 +1,12 @@
 """Pure-PyTorch twins of every native op: the tests' oracle, never a runtime fallback."""
 
-from wavalign.reference.group_stats import reference_broadcast_advantages, reference_group_stats
+from wavalign.reference.group_stats import reference_group_stats
 from wavalign.reference.philox import philox_uniform
 from wavalign.reference.sampling import processed_distribution, reference_sample_tokens
 
 __all__ = [
     "philox_uniform",
     "processed_distribution",
-    "reference_broadcast_advantages",
     "reference_group_stats",
     "reference_sample_tokens",
 ]

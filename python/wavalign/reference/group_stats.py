@@ -1,4 +1,4 @@
-"""Pure-PyTorch twins of the native group statistics and advantage broadcast."""
+"""Pure-PyTorch twin of the native group statistics."""
 
 from __future__ import annotations
 
@@ -52,11 +52,3 @@ def reference_group_stats(
         "zero_variance": zero_variance,
         "all_missing": all_missing,
     }
-
-
-def reference_broadcast_advantages(advantages, token_types, type_weights) -> torch.Tensor:
-    """[N] x [N, T] int8 x [K] -> [N, T] float32 (0 where the type is -1)."""
-    weights = torch.as_tensor(type_weights, dtype=torch.float32)
-    types = token_types.long().cpu()
-    per_token = weights[types.clamp(min=0)] * advantages.float().cpu()[:, None]
-    return torch.where(types >= 0, per_token, torch.zeros_like(per_token))

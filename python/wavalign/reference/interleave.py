@@ -1,7 +1,8 @@
 """Pure-Python twin of the native interleave state machine (cpp/include/wavalign/interleave*.h).
 
-Readable and slow: one row at a time. `allowed_mask` is also what builds the range table
-the sampler consumes (ModalitySpec.interleave_table).
+Readable and slow: one row at a time. The tests' oracle: `allowed_mask` must equal the
+native mask that builds the sampler's range table (ModalitySpec.interleave_table), and
+`reference_step` the native transitions.
 """
 
 from __future__ import annotations
@@ -10,11 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-PHASE_TEXT, PHASE_SPEECH, PHASE_CLOSING = 0, 1, 2
-FINISH_RUNNING, FINISH_EOS, FINISH_LENGTH, FINISH_END_AUDIO = 0, 1, 2, 3
-SET_TEXT, SET_SPEECH, SET_SWITCH_TO_SPEECH, SET_EOS_ONLY = 0, 1, 2, 3
-N_ALLOWED_SETS = 4
-SCHEDULE_CODES = {"sequential": 0, "chunked": 1, "free": 2}
+from wavalign.codes import (  # noqa: F401  (re-exported for the tests)
+    FINISH_END_AUDIO, FINISH_EOS, FINISH_LENGTH, FINISH_RUNNING, N_ALLOWED_SETS, PHASE_CLOSING,
+    PHASE_SPEECH, PHASE_TEXT, SCHEDULE_CODES, SET_EOS_ONLY, SET_SPEECH, SET_SWITCH_TO_SPEECH, SET_TEXT,
+)
 
 
 def _specials(spec):

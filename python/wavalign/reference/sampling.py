@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 
 from wavalign.reference.philox import philox_uniform
+from wavalign.sampling_params import SAMPLING_FIELDS
 
 NEG_INF = float("-inf")
 
@@ -141,10 +142,8 @@ def processed_distribution(logits: torch.Tensor, **kwargs) -> torch.Tensor:
 
 
 def _with_defaults(kwargs: dict) -> dict:
-    defaults = dict(
-        temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
-        presence_penalty=0.0, frequency_penalty=0.0, history=None, allowed_ranges=None,
-    )
+    defaults = {f.name: f.metadata["off"] for f in SAMPLING_FIELDS}  # the seven parameters, off
+    defaults.update(history=None, allowed_ranges=None)
     unknown = set(kwargs) - set(defaults)
     if unknown:
         raise TypeError(f"unknown sampling arguments: {sorted(unknown)}")

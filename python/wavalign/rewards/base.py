@@ -68,12 +68,44 @@ def score_batch(fn: Callable, prompts: Sequence[Any], completions: Sequence[Comp
 MISSING_POLICIES = ("drop", "renormalize")
 
 
+@dataclass(frozen=True)
+class RewardResult:
+    """What a composed reward says about N completions: values, not side attributes.
+
+    total:      [N] float64, NaN = no reward (see the missing policy); float64 because the
+                weighted sum is formed in float64 and the TRL-style list returns it unrounded
+    components: [N, K] float32, one column per component in `names`, NaN = that component
+                gave no score
+    missing:    per component name (and "composite") the number of completions without a score
+    """
+
+    total: torch.Tensor
+    components: torch.Tensor
+    names: tuple[str, ...]
+    missing: dict[str, int]
+
+    def component(self, name: str) -> torch.Tensor:
+        """[N] float32 column of one component."""
+        return self.components[:, self.names.index(name)]
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {name: self.components[:, k] for k, name in enumerate(self.names)}
+
+    def to_list(self) -> list[float | None]:
+        """The TRL-style list: a float per completion, None where there is no reward."""
+        return [None if math.isnan(v) else v for v in self.total.tolist()]
+
+
 class CompositeReward:
     """Weighted sum of named rewards, keeping every component for logging.
 
     missing="drop": a completion lacking any component gets None (no reward at all).
     missing="renormalize": the present components' weights are rescaled to the full weight
     sum; a completion with no component at all still gets None. Never invents a value.
+
+    ``score(...)`` returns a :class:`RewardResult`; calling the object returns the TRL-style
+    list, so a composite is itself a reward function. ``needs_audio`` is True when any
+    component listens to the waveform (declared by the component's class).
     """
 
     def __init__(self, components: dict[str, tuple[Callable, float]], missing: str = "drop"):
@@ -89,14 +121,15 @@ class CompositeReward:
         self.components = dict(components)
         self.missing = missing
         self.__name__ = "composite(" + ",".join(self.components) + ")"
-        self.last_components: dict[str, torch.Tensor] = {}
-        self.last_stats: dict[str, float] = {}
 
-    def __call__(self, prompts, completions, **columns) -> list[float | None]:
-        scores = {name: score_batch(fn, prompts, completions, **columns)
-                  for name, (fn, _) in self.components.items()}
+    @property
+    def needs_audio(self) -> bool:
+        return any(needs_audio(fn) for fn, _ in self.components.values())
+
+    def score(self, prompts, completions, **columns) -> RewardResult:
+        scores = [score_batch(fn, prompts, completions, **columns) for fn, _ in self.components.values()]
         weights = torch.tensor([w for _, w in self.components.values()], dtype=torch.float64)
-        table = torch.stack([scores[name].double() for name in self.components], dim=1)  # [N, K]
+        table = torch.stack([s.double() for s in scores], dim=1)  # [N, K]
         present = ~torch.isnan(table)
         weighted = torch.where(present, table, torch.zeros_like(table)) * weights
         if self.missing == "drop":
@@ -106,7 +139,16 @@ class CompositeReward:
             present_weight = (present.double() * weights).sum(dim=1)
             total = weighted.sum(dim=1) * weights.sum() / present_weight.clamp(min=1e-300)
             valid = present.any(dim=1)
-        self.last_components = scores
-        self.last_stats = {f"reward/{name}_missing": float(torch.isnan(s).sum()) for name, s in scores.items()}
-        self.last_stats["reward/composite_missing"] = float((~valid).sum())
-        return [float(t) if ok else None for t, ok in zip(total.tolist(), valid.tolist())]
+        total = torch.where(valid, total, torch.full_like(total, math.nan))
+        names = tuple(self.components)
+        missing = {name: int(torch.isnan(s).sum()) for name, s in zip(names, scores)}
+        missing["composite"] = int((~valid).sum())
+        return RewardResult(total=total, components=torch.stack(scores, dim=1), names=names, missing=missing)
+
+    def __call__(self, prompts, completions, **columns) -> list[float | None]:
+        return self.score(prompts, completions, **columns).to_list()
+
+
+def needs_audio(fn) -> bool:
+    """Does this reward listen to Completion.audio? Declared by the reward (attribute or property)."""
+    return bool(getattr(fn, "needs_audio", False))

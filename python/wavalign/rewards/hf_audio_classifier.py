@@ -35,6 +35,8 @@ class HFAudioClassifierReward:
     where that matters.
     """
 
+    needs_audio = True  # scores the waveform: completions must carry decoded audio
+
     def __init__(self, model, feature_extractor=None, *, label: int | str = 1, score_min: float = 1.0,
                  score_max: float = 5.0, batch_size: int = 8, padding: bool | str = True):
         from transformers import AutoFeatureExtractor, AutoModelForAudioClassification

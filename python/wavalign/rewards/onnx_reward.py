@@ -28,6 +28,11 @@ class OnnxReward:
     `stats`.
     """
 
+    @property
+    def needs_audio(self) -> bool:
+        """An audio model listens to the waveform; a units model reads the speech units."""
+        return self.input == "audio"
+
     def __init__(self, path: str | Path, *, input: str = "audio", score_min: float | None = None,
                  score_max: float | None = None, providers: list[str] | None = None):
         import onnxruntime as ort

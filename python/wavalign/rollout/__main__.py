@@ -4,9 +4,11 @@
 
 Each prompt line holds one of: "prompt_ids" (token ids), "messages" (chat messages, rendered
 with the tokenizer's chat template) or "prompt" (plain text). The modality layout comes from
-the tokenizer (speech tokens named like <|audio_123|>) or from --modality (a preset name or
-a YAML file). Each output line is one sample: response ids, its text channel, its speech
-units, token types, log-probs and finish reason.
+--modality (a preset name or a YAML file), else the model directory's modality.yaml, else
+the tokenizer (speech tokens named like <|audio_123|>): wavalign.modality.resolve_spec.
+Every ModalitySampling field is a flag, for text (--top-p) and speech (--speech-top-p,
+default: the text value). Each output line is one sample: response ids, its text channel,
+its speech units, token types, log-probs and finish reason.
 """
 
 from __future__ import annotations
@@ -20,9 +22,27 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from wavalign.codes import SPEECH, TEXT
 from wavalign.data import read_jsonl
-from wavalign.modality import SPEECH, TEXT, ModalitySpec, load_preset
+from wavalign.modality import resolve_spec
 from wavalign.rollout.engine import ModalitySampling, RolloutEngine, SamplingParams
+from wavalign.sampling_params import SAMPLING_FIELDS, field_problem
+
+
+def _flag_type(field):
+    """argparse type for a sampling field: converts and validates, so a bad value is an
+    argparse error naming the flag."""
+    convert = int if field.metadata["dtype"] == "int64" else float
+
+    def parse(text: str):
+        value = convert(text)
+        problem = field_problem(field.name, value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = convert.__name__  # argparse names the type in "invalid int value" errors
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,32 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-text-tokens", type=int, default=None)
     p.add_argument("--max-speech-tokens", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    for prefix, label in (("", "text"), ("speech-", "speech")):
-        p.add_argument(f"--{prefix}temperature", type=float, default=None if prefix else 1.0,
-                       help=f"{label} temperature (0 = greedy)" + ("; default: as text" if prefix else ""))
-        p.add_argument(f"--{prefix}top-p", type=float, default=None if prefix else 1.0)
-        p.add_argument(f"--{prefix}top-k", type=int, default=None if prefix else 0)
-        p.add_argument(f"--{prefix}min-p", type=float, default=None if prefix else 0.0)
-        p.add_argument(f"--{prefix}repetition-penalty", type=float, default=None if prefix else 1.0)
+    for prefix, label in (("", "text"), ("speech-", "speech")):  # --top-p / --speech-top-p, ...
+        for field in SAMPLING_FIELDS:
+            default = None if prefix else field.default
+            p.add_argument(f"--{prefix}{field.name.replace('_', '-')}", type=_flag_type(field), default=default,
+                           help=f"{label}: {field.metadata['help']}; default: " + ("as text" if prefix else f"{default}"))
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     return p
 
 
 def _sampling(args, prefix: str, fallback: ModalitySampling | None) -> ModalitySampling:
-    def pick(name):
-        value = getattr(args, prefix + name)
-        return getattr(fallback, name) if value is None and fallback is not None else value
-
-    return ModalitySampling(temperature=pick("temperature"), top_p=pick("top_p"), top_k=pick("top_k"),
-                            min_p=pick("min_p"), repetition_penalty=pick("repetition_penalty"))
-
-
-def _load_spec(args, tokenizer, vocab_size: int) -> ModalitySpec:
-    if args.modality:
-        path = Path(args.modality)
-        return ModalitySpec.from_yaml(path) if path.suffix in (".yaml", ".yml") else load_preset(args.modality)
-    return ModalitySpec.from_tokenizer(tokenizer, speech_pattern=args.speech_pattern, vocab_size=vocab_size)
+    """The ModalitySampling of the flags with `prefix` ("" text, "speech_"); unset flags
+    take fallback's values."""
+    given = {f.name: getattr(args, prefix + f.name) for f in SAMPLING_FIELDS}
+    given = {name: value for name, value in given.items() if value is not None}
+    return ModalitySampling.from_dict(given, where=prefix.rstrip("_") or "text", base=fallback)
 
 
 def _prompt_ids(record: dict, tokenizer, where: str) -> list[int]:
@@ -123,7 +133,8 @@ def _run(args) -> int:
     dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=dtype).to(device).eval()
-    spec = _load_spec(args, tokenizer, model.get_input_embeddings().weight.shape[0])
+    spec = resolve_spec(model_dir, tokenizer, modality=args.modality or None, speech_pattern=args.speech_pattern,
+                        vocab_size=model.get_input_embeddings().weight.shape[0])
 
     prompts = [_prompt_ids(record, tokenizer, f"{args.prompts}:{line}") for line, record in read_jsonl(args.prompts)]
     if not prompts:

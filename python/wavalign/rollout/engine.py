@@ -16,23 +16,12 @@ from dataclasses import dataclass, field
 import torch
 
 from wavalign import ops
-from wavalign.modality import SPEECH, ModalitySpec
+from wavalign.codes import PHASE_SPEECH
+from wavalign.modality import ModalitySpec
 from wavalign.rollout.interleave import InterleaveState
+from wavalign.sampling_params import PENALTY_FIELD_NAMES, SAMPLING_FIELDS, ModalitySampling
 
 _STEP_STRIDE = 1 << 20  # offsets: sample_id * stride + step -> one Philox stream per sample
-
-
-@dataclass(frozen=True)
-class ModalitySampling:
-    """Sampling settings for one modality (real models sample speech differently)."""
-
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -67,8 +56,9 @@ class Rollout:
 
 
 def _penalties_active(params: SamplingParams) -> bool:
-    return any(m.repetition_penalty != 1.0 or m.presence_penalty != 0.0 or m.frequency_penalty != 0.0
-               for m in (params.text, params.speech))
+    """Whether any modality turns a history penalty on (only then is a history kept)."""
+    offs = {f.name: f.metadata["off"] for f in SAMPLING_FIELDS}
+    return any(getattr(m, name) != offs[name] for m in (params.text, params.speech) for name in PENALTY_FIELD_NAMES)
 
 
 class _StepClock:
@@ -135,18 +125,14 @@ class RolloutEngine:
     @staticmethod
     def _param_pairs(params: SamplingParams, device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """name -> (text value, speech value) as 0-dim tensors, built once per generate()."""
-        pairs = {}
-        for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty",
-                     "presence_penalty", "frequency_penalty"):
-            dtype = torch.int64 if name == "top_k" else torch.float32
-            pairs[name] = (torch.tensor(getattr(params.text, name), dtype=dtype, device=device),
-                           torch.tensor(getattr(params.speech, name), dtype=dtype, device=device))
-        return pairs
+        return {name: (torch.tensor(getattr(params.text, name), dtype=dtype, device=device),
+                       torch.tensor(getattr(params.speech, name), dtype=dtype, device=device))
+                for name, (dtype, _) in ops.SAMPLING_PARAMS.items()}
 
     @staticmethod
     def _row_params(phase: torch.Tensor, pairs) -> dict[str, torch.Tensor]:
         """Per-row sampling parameters [N] chosen by each row's phase."""
-        speech = phase == SPEECH
+        speech = phase == PHASE_SPEECH
         return {name: torch.where(speech, speech_value, text_value)
                 for name, (text_value, speech_value) in pairs.items()}
 

@@ -6,8 +6,8 @@
         state.advance(out.ids)          # no Python loop over rows
         if state.finished.all(): break
 
-Transitions are documented in cpp/include/wavalign/interleave.h; the twin is
-wavalign.reference.interleave.
+Transitions are documented in cpp/include/wavalign/interleave.h; their pure-Python twin
+(the tests' oracle) is reference/interleave.py in this package.
 """
 
 from __future__ import annotations
@@ -15,12 +15,8 @@ from __future__ import annotations
 import torch
 
 from wavalign import _ops
+from wavalign.codes import FINISH_NAMES, FINISH_RUNNING, PHASE_SPEECH, PHASE_TEXT, SCHEDULE_CODES
 from wavalign.modality import ModalitySpec
-from wavalign.reference.interleave import (
-    FINISH_RUNNING, PHASE_SPEECH, PHASE_TEXT, SCHEDULE_CODES,
-)
-
-FINISH_NAMES = {0: "running", 1: "eos", 2: "length", 3: "end_of_audio"}
 
 
 def _budget(value, n: int, name: str, device) -> torch.Tensor:

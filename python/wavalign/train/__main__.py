@@ -71,15 +71,16 @@ def resolve_config(args) -> tuple[TrainConfig, Path | None]:
 
 
 def format_table(evaluations: dict) -> str:
+    from wavalign.train.evaluator import metric_digits, metric_label
+
     before, after = evaluations.get("before", {}), evaluations.get("after", {})
-    rows = [("IQ (% correct)", "IQ", "{:.1f}"), ("EQ (style, 1-5)", "EQ", "{:.2f}"),
-            ("text-speech WER (lower is better)", "WER", "{:.3f}"), ("mean judge reward (1-5)", "reward", "{:.2f}")]
-    names = sorted({k for k in list(before) + list(after) if k.startswith("reward/")})
-    rows += [(f"  {name.split('/', 1)[1]}", name, "{:.2f}") for name in names]
+    names = ["IQ", "EQ", "WER", "reward"] + sorted({k for k in list(before) + list(after) if k.startswith("reward/")})
     lines = ["| metric (test split, greedy) | base | trained | change |", "|---|---|---|---|"]
-    for label, key, fmt in rows:
+    for key in names:
         if key not in before and key not in after:
             continue
+        label = f"  {key.split('/', 1)[1]}" if key.startswith("reward/") else metric_label(key)
+        fmt = "{:.%df}" % metric_digits(key)
         b, a = before.get(key, math.nan), after.get(key, math.nan)
         b = math.nan if b is None else b
         a = math.nan if a is None else a

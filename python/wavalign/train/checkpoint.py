@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from wavalign.files import fsync_dir, write_text_atomic  # noqa: F401 (write_text_atomic: re-export)
+
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.pt"
 
@@ -38,27 +40,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def save_checkpoint(root: Path, step: int, *, model, tokenizer, extra_files: dict[str, str],
@@ -87,7 +68,7 @@ def save_checkpoint(root: Path, step: int, *, model, tokenizer, extra_files: dic
     if final.exists():  # re-saving the same step (e.g. Ctrl-C right after a periodic save)
         shutil.rmtree(final)
     os.replace(staging, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     write_text_atomic(root / LATEST, name + "\n")
     for old in sorted(root.glob("step_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

@@ -12,45 +12,27 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
 
+from wavalign.sampling_params import ModalitySampling
 from wavalign.train.gate import GateConfig
+from wavalign.train.rewards import REWARD_KINDS
 from wavalign.train.losses import DPO_LOSS_TYPES, EMPTY_SCOPE, PG_NORMALIZATIONS, SCOPES, SFT_NORMALIZATIONS
+from wavalign.yaml_config import load_mapping, safe_load  # noqa: F401  (safe_load re-exported)
 
 MODES = ("hybrid", "grpo", "sft", "dpo")
 DTYPES = ("float32", "bfloat16", "float16")
 DATA_SOURCES = ("world", "jsonl")
 DATA_FORMATS = ("auto", "wavalign", "public")
-# world_*_exact: the exact quantity the world judge estimates, without its noise and rounding
-# (an oracle, to tell the algorithm apart from judge noise; real models have no such thing)
-REWARD_KINDS = ("world_semantic", "world_acoustic", "world_semantic_exact", "world_acoustic_exact", "http_judge",
-                "python", "hf_classifier", "hf_audio_classifier", "onnx")  # see wavalign.train.rewards
-# The option each kind cannot do without.
-_REQUIRED_REWARD_OPTION = {"http_judge": "base_url", "python": "function", "hf_classifier": "model",
-                           "hf_audio_classifier": "model", "onnx": "path"}
 ADVANTAGES = ("grpo", "dr_grpo", "rloo")
 SCHEDULES = ("cosine", "linear", "constant")
 PAIR_SOURCES = ("auto", "offline", "rollout", "gold")
 STRATEGIES = ("ddp", "fsdp2")
-
-
-class _Loader(yaml.SafeLoader):
-    """safe_load, except that 1e-4 is a float (YAML 1.1 wants 1.0e-4 and reads '1e-4' as a string)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
-
-
-def safe_load(text: str):
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader: no arbitrary objects
 
 
 class ConfigError(ValueError):
@@ -126,39 +108,83 @@ class DataConfig:
             _check(bool(self.train_path), "data.train_path is required when data.source is 'jsonl'")
 
 
+def _text_sampling() -> ModalitySampling:
+    return ModalitySampling(temperature=0.7)  # the public code's value; the paper says 0.9
+
+
+# The speech section has the text section's fields, each None = "as for text".
+SpeechSampling = dataclasses.make_dataclass(
+    "SpeechSampling", [(f.name, f.type, field(default=None)) for f in dataclasses.fields(ModalitySampling)],
+    frozen=True)
+SpeechSampling.__doc__ = "Speech-token sampling: any field left None follows the text section."
+
+# Flat keys of earlier versions -> their place now (a flat top_p / top_k applied to both
+# modalities; in the text section they still do, since speech follows text by default).
+_FLAT_ROLLOUT_KEYS = {"temperature": ("text", "temperature"), "top_p": ("text", "top_p"),
+                      "top_k": ("text", "top_k"), "speech_temperature": ("speech", "temperature")}
+
+
 @dataclass(frozen=True)
 class RolloutConfig:
     group_size: int = 4  # G samples per prompt
-    temperature: float = 0.7  # text tokens (the public code's value; the paper says 0.9)
-    speech_temperature: float | None = None  # None: same as temperature
-    top_p: float = 1.0
-    top_k: int = 0
     max_new_tokens: int = 160
+    text: ModalitySampling = field(default_factory=_text_sampling)  # text-token sampling (all seven fields)
+    speech: SpeechSampling = field(default_factory=SpeechSampling)  # speech-token sampling; None = as text
 
     def validate(self) -> None:
         _positive(self.group_size, "rollout.group_size", integer=True)
-        _positive(self.temperature, "rollout.temperature", allow_zero=True)
-        if self.speech_temperature is not None:
-            _positive(self.speech_temperature, "rollout.speech_temperature", allow_zero=True)
-        _check(isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1,
-               f"rollout.top_p must be in (0, 1], got {self.top_p!r}")
-        _positive(self.top_k, "rollout.top_k", integer=True, allow_zero=True)
         _positive(self.max_new_tokens, "rollout.max_new_tokens", integer=True)
+        _check(isinstance(self.text, ModalitySampling), "rollout.text must be a mapping of sampling fields")
+        try:
+            self.speech_sampling
+        except (TypeError, ValueError) as error:
+            raise ConfigError(str(error)) from None
+
+    @property
+    def text_sampling(self) -> ModalitySampling:
+        return self.text
+
+    @property
+    def speech_sampling(self) -> ModalitySampling:
+        """The speech section over the text section."""
+        given = {k: v for k, v in dataclasses.asdict(self.speech).items() if v is not None}
+        return ModalitySampling.from_dict(given, where="rollout.speech", base=self.text)
+
+
+def _upgrade_rollout(data: dict, where: str) -> dict:
+    """Flat rollout keys of earlier versions (temperature, speech_temperature, top_p, top_k)
+    move into the text / speech sections, with a warning; given twice is an error."""
+    flat = [k for k in _FLAT_ROLLOUT_KEYS if k in data]
+    if not flat:
+        return data
+    data = dict(data)
+    for key in flat:
+        section, name = _FLAT_ROLLOUT_KEYS[key]
+        target = dict(data.get(section) or {})
+        if name in target:
+            raise ConfigError(f"{where}.{key} and {where}.{section}.{name} are the same setting; give only "
+                              f"{where}.{section}.{name}")
+        target[name] = data.pop(key)
+        data[section] = target
+    warnings.warn(f"{', '.join(where + '.' + k for k in flat)}: flat rollout sampling keys are deprecated; use "
+                  f"{', '.join(where + '.' + '.'.join(_FLAT_ROLLOUT_KEYS[k]) for k in flat)}", DeprecationWarning,
+                  stacklevel=3)
+    return data
 
 
 @dataclass(frozen=True)
 class RewardComponent:
     name: str
-    kind: str  # one of REWARD_KINDS; wavalign.train.rewards documents each
+    kind: str  # a key of wavalign.train.rewards.REWARD_KINDS, which documents each
     weight: float = 1.0
     options: dict = field(default_factory=dict)  # the kind's constructor arguments (http_judge: JudgeConfig fields)
 
     def validate(self, where: str) -> None:
         _check(isinstance(self.name, str) and self.name, f"{where}.name must be a non-empty string")
-        _one_of(self.kind, REWARD_KINDS, f"{where}.kind")
+        _one_of(self.kind, tuple(REWARD_KINDS), f"{where}.kind")
         _positive(self.weight, f"{where}.weight")
         _check(isinstance(self.options, dict), f"{where}.options must be a mapping")
-        required = _REQUIRED_REWARD_OPTION.get(self.kind)
+        required = REWARD_KINDS[self.kind].required_option
         if required is not None:
             _check(required in self.options, f"{where}.options.{required} is required for a {self.kind} reward")
         if self.kind == "http_judge":
@@ -362,13 +388,7 @@ class TrainConfig:
         """A YAML file (or the defaults when None), then `section.field=value` overrides."""
         data: dict = {}
         if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise FileNotFoundError(f"config file not found: {path}")
-            loaded = safe_load(path.read_text())
-            if loaded is not None and not isinstance(loaded, dict):
-                raise ConfigError(f"{path}: expected a mapping of config sections, got {type(loaded).__name__}")
-            data = loaded or {}
+            data = load_mapping(path, "config sections", allow_empty=True, kind="config file", error=ConfigError)
         for override in overrides:
             apply_override(data, override)
         return cls.from_dict(data)
@@ -413,6 +433,8 @@ def _build(cls, data: Any, where: str):
         return data
     if not isinstance(data, dict):
         raise ConfigError(f"{label} must be a mapping, got {type(data).__name__}")
+    if cls is RolloutConfig:
+        data = _upgrade_rollout(data, label)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -422,7 +444,13 @@ def _build(cls, data: Any, where: str):
     for name, value in data.items():
         path = f"{where}.{name}" if where else name
         nested = _NESTED.get((cls, name))
-        if nested is not None and value is not None:
+        if nested is ModalitySampling and isinstance(value, dict):  # errors name rollout.text.<field>
+            try:
+                default = fields[name].default_factory()  # fields not given keep the section's defaults
+                kwargs[name] = ModalitySampling.from_dict(value, where=path, base=default)
+            except (TypeError, ValueError) as error:
+                raise ConfigError(str(error)) from None
+        elif nested is not None and value is not None:
             kwargs[name] = _build(nested, value, path)
         elif (cls, name) == (RewardsConfig, "components"):
             if not isinstance(value, (list, tuple)):
@@ -443,6 +471,7 @@ def _build(cls, data: Any, where: str):
 _NESTED = {
     (TrainConfig, "model"): ModelConfig, (TrainConfig, "data"): DataConfig,
     (TrainConfig, "rollout"): RolloutConfig, (TrainConfig, "rewards"): RewardsConfig,
+    (RolloutConfig, "text"): ModalitySampling, (RolloutConfig, "speech"): SpeechSampling,
     (TrainConfig, "objective"): ObjectiveConfig, (TrainConfig, "gate"): GateConfig,
     (TrainConfig, "dpo"): DPOConfig, (TrainConfig, "optim"): OptimConfig, (TrainConfig, "eval"): EvalConfig,
     (TrainConfig, "run"): RunConfig, (TrainConfig, "distributed"): DistributedConfig,

@@ -21,12 +21,12 @@ import logging
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from wavalign.data import iter_jsonl
-from wavalign.modality import ModalitySpec, split_response
+from wavalign.formats import GenericFormat, ResponseFormat, user_text  # noqa: F401 (GenericFormat: re-export)
 
 log = logging.getLogger(__name__)
 
@@ -52,52 +52,6 @@ def judge_prompt_text(example: TrainExample, tokenizer) -> str:
     return tokenizer.decode(example.prompt_ids, skip_special_tokens=True)
 
 
-class GenericFormat:
-    """Prompt and response ids for any Hugging Face tokenizer with speech tokens.
-
-    Prompts go through the tokenizer's chat template when it has one (else the plain text);
-    gold responses are laid out by the ModalitySpec; speech units are offsets into the
-    spec's (single, contiguous) speech id range.
-    """
-
-    def __init__(self, tokenizer, spec: ModalitySpec):
-        if len(spec.speech_ranges) != 1:
-            raise ValueError("speech units map onto vocabulary ids only when the speech ids are one contiguous range")
-        self.tokenizer, self.spec = tokenizer, spec
-        self.unit_offset, end = spec.speech_ranges[0]
-        self.n_units = end - self.unit_offset
-        self.special_ids = frozenset(tokenizer.all_special_ids)
-
-    def text_ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids
-
-    def unit_ids(self, units: Sequence[int]) -> list[int]:
-        units = [int(u) for u in units]
-        if any(not 0 <= u < self.n_units for u in units):
-            raise ValueError(f"speech units must lie in [0, {self.n_units})")
-        return [self.unit_offset + u for u in units]
-
-    def prompt_ids(self, text: str | None = None, units: Sequence[int] | None = None,
-                   messages: list[dict] | None = None) -> list[int]:
-        if units is not None:
-            raise ValueError("speech prompts need prompt_ids for this model (its chat template is text-only here)")
-        if messages is None:
-            if text is None:
-                raise ValueError("a prompt needs text or messages")
-            messages = [{"role": "user", "content": text}]
-        if getattr(self.tokenizer, "chat_template", None):
-            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            return list(ids["input_ids"] if isinstance(ids, dict) else ids)
-        return self.text_ids("\n".join(str(m.get("content", "")) for m in messages))
-
-    def response_ids(self, text: str, units: Sequence[int]) -> list[int]:
-        return self.spec.layout_response(self.text_ids(text), self.unit_ids(units))
-
-    def split(self, response: Sequence[int]) -> tuple[str, list[int]]:
-        text_ids, units = split_response(response, self.unit_offset, self.n_units, self.special_ids)
-        return self.tokenizer.decode(text_ids).strip(), units
-
-
 def read_wav(path: Path) -> tuple[torch.Tensor, int]:
     """16-bit PCM WAV -> (mono float waveform [S] in [-1, 1], sample rate)."""
     import numpy as np
@@ -112,13 +66,16 @@ def read_wav(path: Path) -> tuple[torch.Tensor, int]:
 
 
 class RecordConverter:
-    """JSON records -> TrainExample, for one record format."""
+    """JSON records -> TrainExample, for one record format.
 
-    def __init__(self, fmt, vocab_size: int, *, record_format: str = "auto",
-                 audio_units: Callable[[torch.Tensor, int], list[int]] | None = None, base_dir: Path | None = None,
-                 max_prompt_tokens: int = 2048):
+    fmt: the model's ResponseFormat; codec: a SpeechCodec that turns audio files of public
+    records into speech units (None: records with audio are refused, naming the field).
+    """
+
+    def __init__(self, fmt: ResponseFormat, vocab_size: int, *, record_format: str = "auto", codec=None,
+                 base_dir: Path | None = None, max_prompt_tokens: int = 2048):
         self.fmt, self.vocab_size, self.record_format = fmt, vocab_size, record_format
-        self.audio_units, self.base_dir = audio_units, base_dir
+        self.codec, self.base_dir = codec, base_dir
         self.max_prompt_tokens = max_prompt_tokens
 
     def __call__(self, record: dict, index: int) -> TrainExample:
@@ -167,12 +124,7 @@ class RecordConverter:
         prompt_units = None
         if audios:
             prompt_units = [u for path in audios for u in self._units_of(path, "audios")]
-        user_text = " ".join(str(m["content"]) for m in messages if m.get("role", "user") == "user"
-                             and str(m["content"]).strip() and "<audio>" not in str(m["content"]))
-        if isinstance(self.fmt, GenericFormat):
-            prompt = self.fmt.prompt_ids(messages=messages, units=prompt_units)
-        else:
-            prompt = self.fmt.prompt_ids(text=user_text or None, units=prompt_units)
+        prompt = self.fmt.prompt_ids(messages=messages, units=prompt_units)
         response = rejected = None
         if "sft_target_text" in record:
             if "sft_target_audio" not in record:
@@ -186,11 +138,11 @@ class RecordConverter:
                                              self._units_of(record["rejected_audio"], "rejected_audio"))
         columns = {k: v for k, v in record.items() if k not in PUBLIC_KEYS}
         return TrainExample(str(record.get("id", index)), prompt, response, rejected, columns,
-                            record.get("question_text") or user_text or None)
+                            record.get("question_text") or user_text(messages) or None)
 
     def _units_of(self, path, key: str) -> list[int]:
-        if self.audio_units is None:
-            raise ValueError(f"{key}: turning audio files into speech units needs an audio tokenizer; this run has "
+        if self.codec is None:
+            raise ValueError(f"{key}: turning audio files into speech units needs a speech codec; this run has "
                              f"none (only the built-in world ships one) - give units in the wavalign format instead")
         if not isinstance(path, str):
             raise ValueError(f"{key} must hold file paths, got {path!r}")
@@ -200,7 +152,7 @@ class RecordConverter:
         if not file.is_file():
             raise ValueError(f"{key}: audio file not found: {file}")
         waveform, rate = read_wav(file)
-        return self.audio_units(waveform, rate)
+        return self.codec.encode(waveform, rate)
 
     def _check_ids(self, example: TrainExample) -> None:
         for name in ("prompt_ids", "response_ids", "rejected_ids"):
@@ -303,3 +255,22 @@ class PromptSampler:
                              f"this run has {self.size} with seed {self.seed}; resume with the same data")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._order = self._permutation(self.epoch)
+
+
+def load_examples(config, world, fmt: ResponseFormat, vocab_size: int, codec=None
+                  ) -> tuple[list[TrainExample], list[TrainExample], int]:
+    """A run's (train examples, eval examples, skipped bad lines) from the world or JSONL.
+
+    codec: the SpeechCodec that turns audio files of public records into units (the world's,
+    when a world is loaded), or None."""
+    c = config.data
+    if c.source == "world":
+        return world_examples(world.examples("train")), world_examples(world.examples(config.eval.split)), 0
+    convert = RecordConverter(fmt, vocab_size, record_format=c.format, codec=codec,
+                              base_dir=Path(c.train_path).parent, max_prompt_tokens=c.max_prompt_tokens)
+    train, skipped = load_jsonl_examples(c.train_path, convert, skip_bad_lines=c.skip_bad_lines)
+    evaluation: list[TrainExample] = []
+    if c.eval_path:
+        evaluation, more = load_jsonl_examples(c.eval_path, convert, skip_bad_lines=c.skip_bad_lines)
+        skipped += more
+    return train, evaluation, skipped

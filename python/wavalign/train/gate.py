@@ -21,9 +21,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.distributed as dist
 
 from wavalign import ops
+from wavalign.train import distributed
 
 GATE_MODES = ("adaptive", "adaptive_no_ema", "fixed")
 
@@ -87,29 +87,45 @@ class GateStep:
 
 
 class AdaptiveGate:
-    """Stateful gate: call :meth:`step` once per optimizer step with that step's rewards."""
+    """Stateful gate: call :meth:`step` once per optimizer step with that step's GroupStats."""
 
-    def __init__(self, config: GateConfig | None = None, process_group=None):
+    def __init__(self, config: GateConfig | None = None, process_group=None, device: torch.device | None = None):
+        """device: where nccl reduces the gate's sums (the trainer's device); gloo reduces on the CPU."""
         self.config = config or GateConfig()
         self.process_group = process_group
+        self.device = device
         self.lam: float | None = None  # lambda_{t-1}; None before the first informative step
         self.steps = 0
 
-    def terms(self, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """rewards [B, G] -> (g_info, g_rew, lambda_raw), each [B]; NaN for all-missing groups."""
+    def terms(self, stats: ops.GroupStats | torch.Tensor, *, sample_variance: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Group statistics of this step's rewards -> (g_info, g_rew, lambda_raw), each [B];
+        NaN for all-missing groups.
+
+        stats: the step's GroupStats (computed once by the collector), or rewards [B, G]
+        (statistics are then computed here). The information term uses the population
+        variance; sample_variance=True says the stats carry the n-1 variance (advantage_std
+        'sample'), which is converted back.
+        """
         c = self.config
-        stats = ops.group_stats(rewards.detach().float().cpu().contiguous(), std="population")
-        g_info = (stats.variance / c.variance_scale).clamp(0.0, 1.0)
-        g_rew = torch.sigmoid(c.sharpness * (stats.max - c.reliability_threshold))
+        if isinstance(stats, torch.Tensor):
+            stats = ops.group_stats(stats.detach().float().cpu().contiguous(), std="population")
+            sample_variance = False
+        variance = stats.variance.cpu()
+        if sample_variance:  # sum of squares / (n - 1) -> / n
+            n = stats.valid_count.cpu().float()
+            variance = variance * (n - 1).clamp(min=0) / n.clamp(min=1)
+        g_info = (variance / c.variance_scale).clamp(0.0, 1.0)
+        g_rew = torch.sigmoid(c.sharpness * (stats.max.cpu() - c.reliability_threshold))
         lambda_raw = c.lambda_max * g_rew * g_info  # NaN stays NaN for skipped groups
         return g_info, g_rew, lambda_raw
 
-    def step(self, rewards: torch.Tensor) -> GateStep:
-        """rewards: [B, G] for this rank's groups, NaN = no reward."""
-        if rewards.dim() != 2:
-            raise ValueError(f"rewards must have shape [B, G], got {list(rewards.shape)}")
+    def step(self, stats: ops.GroupStats | torch.Tensor, *, sample_variance: bool = False) -> GateStep:
+        """stats: this rank's GroupStats (B groups), or its rewards [B, G] with NaN = no reward."""
+        if isinstance(stats, torch.Tensor) and stats.dim() != 2:
+            raise ValueError(f"rewards must have shape [B, G], got {list(stats.shape)}")
         c = self.config
-        g_info, g_rew, lambda_raw = self.terms(rewards)
+        g_info, g_rew, lambda_raw = self.terms(stats, sample_variance=sample_variance)
         used = ~torch.isnan(lambda_raw)
         if c.mode == "adaptive" and self.lam is not None:
             per_group = (c.ema * self.lam + (1.0 - c.ema) * lambda_raw).clamp(0.0, c.lambda_max)
@@ -118,7 +134,7 @@ class AdaptiveGate:
         totals = torch.tensor(
             [float(per_group[used].sum()), float(used.sum()), float((~used).sum())], dtype=torch.float64
         )
-        totals = self._all_reduce(totals, rewards.device)
+        totals = distributed.all_reduce_tensor(totals, "sum", self.device, group=self.process_group)
         value_sum, n_used, n_skipped = float(totals[0]), int(totals[1]), int(totals[2])
 
         if c.mode == "fixed":
@@ -131,14 +147,6 @@ class AdaptiveGate:
             self.lam = lam
         self.steps += 1
         return GateStep(lam, g_info, g_rew, lambda_raw, n_used, n_skipped)
-
-    def _all_reduce(self, totals: torch.Tensor, device: torch.device) -> torch.Tensor:
-        if not (dist.is_available() and dist.is_initialized()):
-            return totals
-        backend = dist.get_backend(self.process_group)
-        buffer = totals.to(device if backend == "nccl" else "cpu")
-        dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=self.process_group)
-        return buffer.cpu()
 
     def state_dict(self) -> dict:
         return {"lam": self.lam, "steps": self.steps, "config": asdict(self.config)}

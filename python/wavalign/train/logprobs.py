@@ -12,6 +12,9 @@ Values and gradients equal the naive computation up to float rounding.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Sequence
+
 import torch
 
 DEFAULT_CHUNK_TOKENS = 256
@@ -154,3 +157,120 @@ def naive_selected_logprobs(hidden, weight, targets, *, bias=None, temperature=1
     if return_entropy:
         return selected, -(log_probs.exp() * log_probs).sum(dim=-1)
     return selected
+
+
+# ---------------------------------------------------------------------------- response rows
+@dataclass
+class ResponseRows:
+    """N (prompt, response) rows as tensors: what the training forward consumes.
+
+    Rollouts arrive like this from the engine (ids, types and lengths stay tensors); gold or
+    preference responses given as id lists are typed once by the ModalitySpec (from_lists).
+    """
+
+    prompts: list[torch.Tensor]  # N prompts, each [P_n] int64
+    ids: torch.Tensor  # [N, L] int64 response ids, pad after each row's end
+    lengths: torch.Tensor  # [N] int64
+    types: torch.Tensor  # [N, L] int8: 0 text, 1 speech, -1 past the end
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @classmethod
+    def from_lists(cls, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], spec,
+                   pad_id: int) -> "ResponseRows":
+        if len(prompts) != len(responses) or not responses:
+            raise ValueError(f"need one response per prompt and at least one row, got {len(prompts)} prompts and "
+                             f"{len(responses)} responses")
+        width = max(len(r) for r in responses)
+        ids = torch.full((len(responses), width), pad_id, dtype=torch.int64)
+        for row, response in enumerate(responses):
+            ids[row, :len(response)] = torch.as_tensor(list(response), dtype=torch.int64)
+        lengths = torch.tensor([len(r) for r in responses], dtype=torch.int64)
+        valid = torch.arange(width)[None, :] < lengths[:, None]  # [N, L]
+        return cls([torch.as_tensor(list(p), dtype=torch.int64) for p in prompts], ids, lengths,
+                   spec.token_types(ids, valid))
+
+    def responses(self) -> list[list[int]]:
+        """The response ids as lists (for rewards and pair building)."""
+        return [row[:length].tolist() for row, length in zip(self.ids, self.lengths.tolist())]
+
+    def select(self, rows: Sequence[int]) -> "ResponseRows":
+        index = torch.as_tensor(list(rows), dtype=torch.int64)
+        width = int(self.lengths[index].max()) if len(index) else 0
+        return ResponseRows([self.prompts[i] for i in index.tolist()], self.ids[index, :width],
+                            self.lengths[index], self.types[index, :width])
+
+    def cat(self, other: "ResponseRows", pad_id: int) -> "ResponseRows":
+        """These rows, then `other`'s, padded to the wider of the two."""
+        width = max(self.ids.shape[1], other.ids.shape[1])
+
+        def widen(t: torch.Tensor, fill: int) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=fill)
+
+        return ResponseRows(self.prompts + other.prompts,
+                            torch.cat([widen(self.ids, pad_id), widen(other.ids, pad_id)]),
+                            torch.cat([self.lengths, other.lengths]),
+                            torch.cat([widen(self.types, -1), widen(other.types, -1)]))
+
+
+@dataclass
+class Packed:
+    ids: torch.Tensor  # [N, W] int64 prompt + response, right-padded
+    mask: torch.Tensor  # [N, W] int64
+    starts: torch.Tensor  # [N] int64 first response position
+    width: int  # L: response positions scored per row
+
+
+def pack(rows: ResponseRows, pad_id: int, device) -> Packed:
+    """Prompt + response of every row, right-padded to one [N, W] batch."""
+    totals = [len(p) + int(n) for p, n in zip(rows.prompts, rows.lengths.tolist())]
+    width = max(totals)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.int64)
+    mask = torch.zeros((len(rows), width), dtype=torch.int64)
+    for row, (prompt, total) in enumerate(zip(rows.prompts, totals)):
+        ids[row, :len(prompt)] = prompt
+        ids[row, len(prompt):total] = rows.ids[row, :total - len(prompt)]
+        mask[row, :total] = 1
+    starts = torch.tensor([len(p) for p in rows.prompts], dtype=torch.int64)
+    return Packed(ids.to(device), mask.to(device), starts.to(device), rows.ids.shape[1])
+
+
+class ResponseLogprobs(torch.nn.Module):
+    """Causal LM -> log-probs of the response tokens [N, L], without materialising logits.
+
+    The base model gives hidden states; the LM head is applied chunk by chunk
+    (selected_logprobs). A module of its own so DDP sees the whole computation.
+    """
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, starts: torch.Tensor, width: int) -> torch.Tensor:
+        # ids, mask [N, W] right-padded prompt+response; starts [N] first response position
+        base = getattr(self.lm, self.lm.base_model_prefix)
+        hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state  # [N, W, H]
+        span = torch.arange(width, device=ids.device)
+        # hidden at position t predicts token t + 1
+        positions = (starts[:, None] - 1 + span[None, :]).clamp(0, ids.shape[1] - 2)  # [N, width]
+        picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))  # [N, width, H]
+        targets = ids.gather(1, positions + 1)  # [N, width]
+        head = self.lm.get_output_embeddings()
+        return selected_logprobs(picked, head.weight, targets, bias=getattr(head, "bias", None))
+
+
+class RowLogprobs:
+    """rows -> (log-probs [N, L] float32 on the device, token types [N, L] int8 on the device):
+    the `logprob_fn` the learn-side step functions call. `module` is a ResponseLogprobs (or
+    the DDP / FSDP2 wrapper around one)."""
+
+    def __init__(self, module, pad_id: int, device, *, reshard: bool = False):
+        self.module, self.pad_id, self.device, self.reshard = module, pad_id, device, reshard
+
+    def __call__(self, rows: ResponseRows) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = pack(rows, self.pad_id, self.device)
+        logp = self.module(batch.ids, batch.mask, batch.starts, batch.width)
+        if self.reshard:  # FSDP2, frozen reference: no backward will free the root's gathered weights
+            self.module.reshard()
+        return logp, rows.types.to(self.device)

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from wavalign.world.espeak import SAMPLE_RATE
-
+SAMPLE_RATE = 22_050  # the world's audio rate: eSpeak NG's native output rate (checked in espeak.py)
 HOP = 882  # 25 frames per second
 WINDOW = 2 * HOP
 N_FFT = 2048

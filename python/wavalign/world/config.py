@@ -8,7 +8,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import yaml
+from wavalign.yaml_config import load_mapping
 
 # Bump when code changes what a build produces, so old caches are not reused.
 WORLD_FORMAT = 1
@@ -99,11 +99,7 @@ class WorldConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "WorldConfig":
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"world config not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of WorldConfig fields")
+        data = load_mapping(path, "WorldConfig fields", allow_empty=True, kind="world config")
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as error:

@@ -15,8 +15,10 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-SAMPLE_RATE = 22_050  # eSpeak NG's native output rate
+from wavalign.world import audio
+from wavalign.world.audio import SAMPLE_RATE  # eSpeak NG's native output rate is the world's
 
 # espeak_PARAMETER codes (speak_lib.h)
 _RATE, _VOLUME, _PITCH, _RANGE = 1, 2, 3, 4
@@ -92,10 +94,6 @@ def synthesize(text: str, voice: Voice = Voice()) -> np.ndarray:
 
 
 def _whisper(wave: np.ndarray) -> np.ndarray:
-    import torch
-
-    from wavalign.world import audio
-
     frames = audio.analyze(torch.from_numpy(wave))
     # Whispered speech carries less energy than voiced speech of the same effort (-4 dB).
     quieter = frames.log_mel - 0.4 * np.log(10.0)

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wavalign.modality import ModalitySpec, Schedule, split_response
+from wavalign.formats import user_text
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 USER, ASSISTANT = "<|user|>", "<|assistant|>"
@@ -72,8 +73,14 @@ class ChatFormat:
     def text_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
-    def prompt_ids(self, text: str | None = None, units: Sequence[int] | None = None) -> list[int]:
-        """User turn as text, speech (units in begin/end-of-audio) or both, then the assistant tag."""
+    def prompt_ids(self, text: str | None = None, units: Sequence[int] | None = None,
+                   messages: list[dict] | None = None) -> list[int]:
+        """User turn as text, speech (units in begin/end-of-audio) or both, then the assistant tag.
+        Chat `messages` contribute the user's written words (this format has no system turn)."""
+        if messages is not None:
+            if text is not None:
+                raise ValueError("give a prompt as text or as messages, not both")
+            text = user_text(messages) or None
         if text is None and units is None:
             raise ValueError("a prompt needs text, speech units, or both")
         ids = [self.bos, self.user]

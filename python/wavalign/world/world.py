@@ -13,7 +13,7 @@ from wavalign.data import read_jsonl
 from wavalign.modality import ModalitySpec
 from wavalign.world.config import WorldConfig
 from wavalign.world.judges import AcousticJudge, SemanticJudge
-from wavalign.world.metrics import Assessment, WorldScorer, summarize
+from wavalign.world.metrics import WorldScorer, summarize
 from wavalign.world.recognizer import Recognizer
 from wavalign.world.style_meter import StyleMeter
 from wavalign.world.units import UnitTokenizer
@@ -72,34 +72,61 @@ class World:
                                        StyleMeter.load(self.path / "style_meter.json"))
         return self._scorer
 
+    @property
+    def codec(self):
+        """The world's speech codec (a wavalign.codecs.SpeechCodec): its unit tokenizer and vocoder."""
+        from wavalign.world.codec import WorldCodec
+
+        return WorldCodec(self.scorer.units)
+
     def judges(self, seed: int = 0) -> dict:
         """{'semantic_judge': RewardFn, 'acoustic_judge': RewardFn} with the config's noise."""
         return {"semantic_judge": SemanticJudge(self.scorer, self.config.semantic_judge, seed),
                 "acoustic_judge": AcousticJudge(self.scorer, self.config.acoustic_judge, seed)}
 
+    def exact_judge(self, part: str):
+        """The noise-free quantity a judge estimates ('semantic' or 'acoustic'), as a reward
+        function: an oracle for diagnostics."""
+        from wavalign.world.judges import ExactScore
+
+        return ExactScore(self.scorer, part)
+
     # ------------------------------------------------------------------ evaluation
+    def exact_metrics(self, text: str, units: Sequence[int], columns: dict) -> dict:
+        """Exact IQ / EQ / WER of one response to a world prompt (its `answer` and `style` columns)."""
+        a = self.scorer.assess(text, units, columns["answer"], columns["style"])
+        return {"IQ": 100.0 * a.correct, "EQ": a.eq, "WER": a.wer, "recognized": a.recognized}
+
+    def evaluator(self, examples: Sequence[dict], *, n: int = 1, temperature: float = 0.0, seed: int = 0,
+                  max_new_tokens: int = 160):
+        """A PolicyEvaluator over world records, scored by the exact metrics (no judges)."""
+        from wavalign.train.data import world_examples
+        from wavalign.train.evaluator import PolicyEvaluator
+
+        return PolicyEvaluator(spec=self.spec, pad_id=self.tokenizer.pad_token_id, examples=world_examples(examples),
+                               format=self.format, exact=self.exact_metrics, reward_fn=None, prompt_text=str,
+                               codec=self.codec, max_new_tokens=max_new_tokens, temperature=temperature, n=n,
+                               seed=seed)
+
     def generate(self, model, examples: Sequence[dict], *, n: int = 1, temperature: float = 0.0, seed: int = 0,
                  max_new_tokens: int = 160):
-        """Rollouts of `model` on the examples' text prompts. -> (Rollout, [(text, units)] per row)."""
-        from wavalign.rollout.engine import ModalitySampling, RolloutEngine, SamplingParams
-
-        sampling = ModalitySampling(temperature=temperature)
-        params = SamplingParams(text=sampling, speech=sampling, max_new_tokens=max_new_tokens, seed=seed)
-        rollout = RolloutEngine(model, self.spec, pad_id=self.tokenizer.pad_token_id).generate(
-            [e["prompt_ids"] for e in examples], n=n, params=params)
+        """Rollouts of `model` on the examples' prompts. -> (Rollout, [(text, units)] per row)."""
+        rollout = self.evaluator(examples, n=n, temperature=temperature, seed=seed,
+                                 max_new_tokens=max_new_tokens).rollout(model)
         fmt = self.format
         channels = [fmt.split(row[:length].tolist()) for row, length in zip(rollout.ids, rollout.lengths)]
         return rollout, channels
 
     def evaluate(self, model, split: str = "test", *, temperature: float = 0.0, n: int = 1, seed: int = 0,
-                 limit: int | None = None, max_new_tokens: int = 160) -> tuple[dict, list[Assessment]]:
-        """Exact IQ / EQ / WER of `model` on a split. -> (summary, per-row assessments)."""
-        examples = self.examples(split)[:limit]
-        _, channels = self.generate(model, examples, n=n, temperature=temperature, seed=seed,
-                                    max_new_tokens=max_new_tokens)
-        assessments = [self.scorer.assess(text, units, examples[row // n]["answer"], examples[row // n]["style"])
-                       for row, (text, units) in enumerate(channels)]
-        return summarize(assessments), assessments
+                 limit: int | None = None, max_new_tokens: int = 160) -> tuple[dict, list[dict]]:
+        """Exact IQ / EQ / WER of `model` on a split. -> (summary, per-row records)."""
+        records = self.evaluator(self.examples(split)[:limit], n=n, temperature=temperature, seed=seed,
+                                 max_new_tokens=max_new_tokens).run(model)
+        count = len(records)
+        if count == 0:
+            raise ValueError("nothing to summarise")
+        summary = {name: sum(r[name] for r in records) / count for name in ("IQ", "EQ", "WER")}
+        return {**summary, "n": count}, records
 
     def evaluate_gold(self, split: str = "test") -> dict:
         return summarize([self.scorer.assess(e["response_text"], e["response_units"], e["answer"], e["style"])

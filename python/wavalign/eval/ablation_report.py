@@ -1,0 +1,189 @@
+"""The ablation's report: aggregation over seeds and prompts, the markdown tables, the plots.
+
+    summary = aggregate(ablation, out)          # means with 95% CIs, paired changes from base
+    print(format_tables(summary))
+    plot(ablation, summary, out)                # out/plots/*.png
+
+`python -m wavalign.eval.ablation --report-only` runs these on finished runs (see ablation.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from wavalign.eval.core import METRICS
+from wavalign.eval.report import digits, records_from_json, verdict
+from wavalign.eval.stats import Interval, seeded_mean_ci
+
+if TYPE_CHECKING:
+    from wavalign.eval.ablation import AblationConfig
+
+TABLE_METRICS = ("IQ", "EQ", "WER", "reward")
+_MARKS = {"better": " ↑", "worse": " ↓"}
+
+
+def _mark(change: Interval, metric: str) -> str:
+    """' ↑' / ' ↓' when the change's 95% CI excludes 0 (better / worse), else ''."""
+    return _MARKS.get(verdict(change.low, change.high, METRICS[metric]), "")
+
+
+def aggregate(ablation: AblationConfig, out: Path, resamples: int = 2000) -> dict:
+    """Means over seeds and prompts with two-level bootstrap CIs, and paired changes from base."""
+    base_path = out / "base" / "eval.json"
+    if not base_path.is_file():
+        raise FileNotFoundError(f"{base_path} is missing: run the ablation first")
+    base_saved = json.loads(base_path.read_text())
+    base = records_from_json(base_saved["records"])
+    base_rewards = base_saved.get("config", {}).get("rewards")
+    ids = [r["id"] for r in base]
+    summary = {"name": ablation.name, "seeds": [], "n_prompts": len(base),
+               "base": {m: seeded_mean_ci([[r[m] for r in base]], resamples=resamples) for m in TABLE_METRICS},
+               "arms": {}}
+    matrices: dict[str, dict[int, list[dict]]] = {}
+    for arm in ablation.arms:
+        runs = []
+        for seed in ablation.seeds:
+            path = out / arm.name / f"seed_{seed}" / "eval.json"
+            if path.is_file():
+                saved = json.loads(path.read_text())
+                records = records_from_json(saved["records"])
+                if [r["id"] for r in records] != ids:
+                    raise ValueError(f"{path}: scored on other prompts than the base evaluation")
+                if saved.get("config", {}).get("rewards") != base_rewards:
+                    # judged by other reward functions than the base: its reward is not comparable
+                    for record in records:
+                        record["reward"] = math.nan
+                runs.append((seed, records, saved.get("train_seconds", math.nan)))
+        if not runs:
+            continue
+        matrices[arm.name] = {seed: records for seed, records, _ in runs}
+        entry = {"description": arm.description, "paper": arm.paper, "mode": arm.mode,
+                 "overrides": list(arm.overrides), "seeds": [s for s, _, _ in runs],
+                 "train_seconds": sum(t for _, _, t in runs) / len(runs), "metrics": {}}
+        for metric in TABLE_METRICS:
+            matrix = [[r[metric] for r in records] for _, records, _ in runs]  # [seeds, prompts]
+            baseline = [r[metric] for r in base]
+            per_seed = [float(sum(x for x in row if not math.isnan(x)) / max(1, sum(not math.isnan(x) for x in row)))
+                        for row in matrix]
+            entry["metrics"][metric] = {
+                "value": seeded_mean_ci(matrix, resamples=resamples),
+                "change": seeded_mean_ci(matrix, baseline=baseline, resamples=resamples),
+                "per_seed": per_seed}
+        summary["arms"][arm.name] = entry
+        summary["seeds"] = sorted(set(summary["seeds"]) | set(entry["seeds"]))
+    reference = ablation.reference
+    if reference in matrices:
+        summary["reference"] = reference
+        for name, by_seed in matrices.items():
+            if name == reference:
+                continue
+            seeds = sorted(set(by_seed) & set(matrices[reference]))  # seed k of one arm against seed k
+            summary["arms"][name]["versus_reference"] = {
+                metric: seeded_mean_ci([[x[metric] - y[metric] for x, y in zip(by_seed[s], matrices[reference][s])]
+                                        for s in seeds], resamples=resamples)
+                for metric in TABLE_METRICS} if seeds else {}
+    return summary
+
+
+def format_tables(summary: dict) -> str:
+    lines = [f"Ablation '{summary['name']}': {summary['n_prompts']} test prompts, greedy; means over seeds "
+             f"{summary['seeds']} and prompts, 95% bootstrap CIs (seeds and prompts resampled).", ""]
+    header = "| arm | " + " | ".join(f"{m}" for m in TABLE_METRICS) + " |"
+    lines += [header, "|---" * (len(TABLE_METRICS) + 1) + "|"]
+    base = summary["base"]
+    lines.append("| base policy | " + " | ".join(base[m].format(digits(m)) for m in TABLE_METRICS) + " |")
+    for name, entry in summary["arms"].items():
+        cells = [entry["metrics"][m]["value"].format(digits(m)) for m in TABLE_METRICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Change from the base policy (paired by prompt):", "",
+              "| arm | " + " | ".join(f"Δ{m}" for m in TABLE_METRICS) + " | per-seed ΔIQ / ΔEQ | s/run |",
+              "|---" * (len(TABLE_METRICS) + 3) + "|"]
+    for name, entry in summary["arms"].items():
+        cells = []
+        for m in TABLE_METRICS:
+            change = entry["metrics"][m]["change"]
+            cells.append(change.format(digits(m), signed=True) + _mark(change, m))
+        base_iq, base_eq = base["IQ"].mean, base["EQ"].mean
+        per_seed = ", ".join(f"{iq - base_iq:+.1f}/{eq - base_eq:+.2f}" for iq, eq in
+                             zip(entry["metrics"]["IQ"]["per_seed"], entry["metrics"]["EQ"]["per_seed"]))
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {per_seed} | {entry['train_seconds']:.0f} |")
+    lines += ["", "↑ / ↓: the 95% CI of the change excludes 0 (better / worse than base; lower WER is better).",
+              "n/a reward: the arm trains and is scored with other reward functions than the base policy."]
+    reference = summary.get("reference")
+    if reference:
+        lines += ["", f"Difference from {reference} (seed k against seed k, paired by prompt):", "",
+                  "| arm | " + " | ".join(f"Δ{m}" for m in TABLE_METRICS) + " |",
+                  "|---" * (len(TABLE_METRICS) + 1) + "|"]
+        for name, entry in summary["arms"].items():
+            versus = entry.get("versus_reference")
+            if not versus:
+                continue
+            cells = []
+            for m in TABLE_METRICS:
+                d = versus[m]
+                cells.append(d.format(digits(m), signed=True) + _mark(d, m))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["", f"↑ / ↓: better / worse than {reference}, the 95% CI excluding 0."]
+    return "\n".join(lines)
+
+
+def plot(ablation: AblationConfig, summary: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from wavalign.train.run_log import read_metrics, save_step_plot
+
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    written = []
+    for key, filename, title in (("reward/mean", "reward_curves.png", "training reward (mean over seeds)"),
+                                 ("gate/lambda", "lambda.png", "gate λ (RL weight), mean over seeds")):
+        figure, axis = plt.subplots(figsize=(7.5, 4))
+        drawn = False
+        for arm in ablation.arms:
+            curves = []
+            for seed in ablation.seeds:
+                train = [r for r in read_metrics(out / arm.name / f"seed_{seed}") if r.get("kind") == "train"]
+                points = {r["step"]: r[key] for r in train if r.get(key) is not None}
+                if points:
+                    curves.append(points)
+            if not curves:
+                continue
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            mean = [sum(c[s] for c in curves) / len(curves) for s in steps]
+            window = 5  # moving average: rollout rewards are noisy step to step
+            smooth = [sum(mean[max(0, i - window + 1):i + 1]) / len(mean[max(0, i - window + 1):i + 1])
+                      for i in range(len(mean))]
+            axis.plot(steps, smooth, label=arm.name, linewidth=1.3)
+            drawn = True
+        if drawn:
+            written.append(save_step_plot(figure, axis, title, plots / filename))
+        else:
+            plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(7, 5))
+    base = summary["base"]
+    axis.scatter([base["IQ"].mean], [base["EQ"].mean], marker="*", s=200, color="black", label="base", zorder=3)
+    for index, (name, entry) in enumerate(summary["arms"].items()):
+        color = f"C{index % 10}"
+        iq, eq = entry["metrics"]["IQ"], entry["metrics"]["EQ"]
+        axis.scatter(iq["per_seed"], eq["per_seed"], color=color, alpha=0.35, s=18)
+        axis.errorbar([iq["value"].mean], [eq["value"].mean],
+                      xerr=[[iq["value"].mean - iq["value"].low], [iq["value"].high - iq["value"].mean]],
+                      yerr=[[eq["value"].mean - eq["value"].low], [eq["value"].high - eq["value"].mean]],
+                      fmt="o", color=color, label=name, capsize=3)
+    axis.set_xlabel("IQ (% correct, test)")
+    axis.set_ylabel("EQ (style, 1-5, test)")
+    axis.set_title("IQ and EQ per method (mean, 95% CI; faint: single seeds)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(plots / "iq_eq.png", dpi=100)
+    plt.close(figure)
+    written.append(plots / "iq_eq.png")
+    return written

@@ -1,0 +1,152 @@
+"""Score a policy on held-out prompts, one record per response.
+
+The trainer's before/after evaluation, the eval CLI, the ablation runner and the
+world's own evaluation all go through `PolicyEvaluator` (built by `build_evaluator` from a
+TrainConfig), so a number means the same thing wherever it is printed.
+
+A record holds, for one prompt and the policy's (greedy by default) response:
+  IQ       100 if the answer is right, else 0 (exact metrics, world only; its mean is the IQ in %)
+  EQ       style score 1-5 from the world's style meter (exact metrics)
+  WER      word error rate of the speech channel against the text channel: text-speech
+           consistency, lower is better (exact metrics)
+  reward   the composite judge reward (NaN when no judge scored it), and reward/<component>
+  length   response length in tokens
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Sequence
+
+import torch
+
+from wavalign.modality import ModalitySpec
+from wavalign.rewards.completions import make_completions
+from wavalign.rollout.engine import ModalitySampling, Rollout, RolloutEngine, SamplingParams
+from wavalign.train.data import batch_columns, judge_prompt_text
+
+#: Per-prompt metrics and whether higher is better (None: neither).
+METRICS = {"IQ": True, "EQ": True, "WER": False, "reward": True, "length": None}
+#: The one metric-label table: what tables print for a metric, and how many digits.
+METRIC_LABELS = {"IQ": ("IQ (% correct)", 1), "EQ": ("EQ (style, 1-5)", 2),
+                 "WER": ("text-speech WER (lower is better)", 3), "reward": ("mean judge reward (1-5)", 2),
+                 "length": ("response length (tokens)", 1)}
+EVAL_SEED = 12345  # sampling seed when evaluation temperature > 0
+
+
+def metric_label(name: str) -> str:
+    """Table label of a metric; reward/<component> is that judge."""
+    if name in METRIC_LABELS:
+        return METRIC_LABELS[name][0]
+    return f"  judge: {name.split('/', 1)[1]}" if name.startswith("reward/") else name
+
+
+def metric_digits(name: str) -> int:
+    return METRIC_LABELS[name][1] if name in METRIC_LABELS else 2
+
+
+@dataclass
+class PolicyEvaluator:
+    """Everything evaluation needs besides the policy itself.
+
+    examples: TrainExample-like objects (prompt_ids, columns, id, prompt_text)
+    format: the model's ResponseFormat (splits response ids into text and speech units)
+    exact: (text, units, columns) -> {"IQ", "EQ", "WER", ...} exact metrics, or None (the world
+      provides one; real data has none)
+    reward_fn: a CompositeReward (keyed by "eval:<row>" so judge noise is the same for every
+      policy scored on the same prompts), or None
+    codec: a SpeechCodec, used when reward_fn listens to audio
+    prompt_text: example -> the prompt as text for judges
+    n: responses per prompt (records are prompt-major: row = prompt * n + sample)
+    """
+
+    spec: ModalitySpec
+    pad_id: int
+    examples: Sequence
+    format: object
+    exact: Callable | None
+    reward_fn: Callable | None
+    prompt_text: Callable
+    codec: object | None = None
+    max_new_tokens: int = 160
+    temperature: float = 0.0
+    n: int = 1
+    seed: int = EVAL_SEED
+
+    @torch.no_grad()
+    def rollout(self, policy) -> Rollout:
+        was_training = policy.training
+        policy.eval()
+        engine = RolloutEngine(policy, self.spec, pad_id=self.pad_id)
+        sampling = ModalitySampling(temperature=self.temperature)
+        params = SamplingParams(text=sampling, speech=sampling, max_new_tokens=self.max_new_tokens, seed=self.seed)
+        rollout = engine.generate([x.prompt_ids for x in self.examples], n=self.n, params=params)
+        policy.train(was_training)
+        return rollout
+
+    def generate(self, policy) -> list[list[int]]:
+        rollout = self.rollout(policy)
+        return [row[:length].tolist() for row, length in zip(rollout.ids, rollout.lengths)]
+
+    def score(self, responses: Sequence[Sequence[int]]) -> list[dict]:
+        """-> one record per response (see the module docstring)."""
+        if len(responses) != len(self.examples) * self.n:
+            raise ValueError(f"{len(responses)} responses for {len(self.examples)} examples x {self.n}")
+        listens = getattr(self.reward_fn, "needs_audio", False)
+        completions = make_completions(self.format, responses, self.codec if listens else None)
+        records = []
+        for row, completion in enumerate(completions):
+            example = self.examples[row // self.n]
+            record = {"id": example.id, "length": float(len(completion.ids)), "text": completion.text}
+            if self.exact is not None:
+                record.update(self.exact(completion.text, completion.speech_units, example.columns))
+            records.append(record)
+        if self.reward_fn is not None:
+            columns = batch_columns(self.examples, self.n)
+            columns["sample_key"] = [f"eval:{row}" for row in range(len(responses))]
+            prompts = [self.prompt_text(x) for x in self.examples for _ in range(self.n)]
+            result = self.reward_fn.score(prompts, completions, **columns)
+            for row, record in enumerate(records):
+                record["reward"] = float(result.total[row])
+                for k, name in enumerate(result.names):
+                    record[f"reward/{name}"] = float(result.components[row, k])
+        return records
+
+    def run(self, policy) -> list[dict]:
+        return self.score(self.generate(policy))
+
+
+def build_evaluator(config, *, examples: Sequence, spec: ModalitySpec, tokenizer, format, world=None,
+                    reward_fn=None, exact: Callable | None | str = "auto") -> PolicyEvaluator:
+    """The evaluator a TrainConfig describes: the first `eval.limit` examples, greedy
+    (eval.temperature), the rollout's response budget, the given judges, and exact metrics
+    (exact="auto": the world's when the examples are the world's, i.e. data.source is world)."""
+    e = config.eval
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (spec.pad or 0)
+    if exact == "auto":
+        exact = world.exact_metrics if world is not None and config.data.source == "world" else None
+    return PolicyEvaluator(spec=spec, pad_id=pad_id, examples=list(examples)[:e.limit], format=format, exact=exact,
+                           reward_fn=reward_fn, codec=world.codec if world is not None else None,
+                           prompt_text=partial(judge_prompt_text, tokenizer=tokenizer),
+                           max_new_tokens=config.rollout.max_new_tokens, temperature=e.temperature)
+
+
+def metric_names(records: Sequence[dict]) -> list[str]:
+    """Numeric metrics present in the records, in a stable order."""
+    names = [m for m in METRICS if records and m in records[0]]
+    names += sorted(k for k in (records[0] if records else {}) if k.startswith("reward/"))
+    return names
+
+
+def mean_summary(records: Sequence[dict]) -> dict[str, float]:
+    """Means over records (NaN ignored) plus n: the trainer's before/after numbers."""
+    out: dict[str, float] = {}
+    for name in metric_names(records):
+        values = [r[name] for r in records if not math.isnan(r[name])]
+        out[name] = sum(values) / len(values) if values else math.nan
+    out["n"] = len(records)
+    if "length" in out:
+        out["response_length"] = out.pop("length")
+    return out

@@ -1,0 +1,80 @@
+"""The policy a run trains: loaded from a local directory, wrapped for DDP / FSDP2, with its
+ModalitySpec, response format and (for DPO or a KL penalty) a frozen reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from wavalign.formats import GenericFormat
+from wavalign.modality import ModalitySpec, resolve_spec
+from wavalign.train import fsdp
+from wavalign.train.distributed import Ranks
+from wavalign.train.logprobs import ResponseLogprobs
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedPolicy:
+    path: Path
+    policy: torch.nn.Module  # the Hugging Face causal LM (its parameters may be FSDP2 shards)
+    tokenizer: object
+    spec: ModalitySpec
+    pad_id: int
+    format: object  # the model's ResponseFormat
+    logprob_module: ResponseLogprobs  # policy -> response log-probs
+    trainable: torch.nn.Module  # what forward/backward runs through: logprob_module or its DDP wrapper
+    reference: ResponseLogprobs | None  # frozen, eval mode; None unless DPO or a KL penalty
+    sharded: bool  # FSDP2
+
+
+def load_policy(config, world, device: torch.device, ranks: Ranks) -> LoadedPolicy:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    c = config.model
+    path = world.policy_path if c.path == "world" else Path(c.path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model.path: no such model directory: {path}")
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    spec = resolve_spec(path, tokenizer, modality=c.modality, schedule=c.schedule)
+    dtype = DTYPES[c.dtype]
+    policy = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device)
+    if spec.vocab_size > policy.get_output_embeddings().weight.shape[0]:
+        raise ValueError(f"the ModalitySpec's vocab_size {spec.vocab_size} exceeds the model's output "
+                         f"size {policy.get_output_embeddings().weight.shape[0]}")
+    if c.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (spec.pad or 0)
+    logprob_module = ResponseLogprobs(policy)
+    trainable = logprob_module
+    sharded = ranks.distributed and config.distributed.strategy == "fsdp2"
+    if sharded:  # parameters become shards; the optimizer (built later) holds only this rank's
+        fsdp.shard(logprob_module, policy, device)
+        _touch(logprob_module, device)
+    elif ranks.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trainable = DistributedDataParallel(logprob_module,
+                                            device_ids=[device.index] if device.type == "cuda" else None)
+    reference = None
+    if config.needs_reference:  # frozen, eval mode, never in the optimizer
+        frozen = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
+        frozen.requires_grad_(False)
+        reference = ResponseLogprobs(frozen).eval()
+        if sharded:
+            fsdp.shard(reference, frozen, device)
+            _touch(reference, device)
+    format = world.format if world is not None and c.path == "world" else GenericFormat(tokenizer, spec)
+    return LoadedPolicy(path, policy, tokenizer, spec, pad_id, format, logprob_module, trainable, reference, sharded)
+
+
+@torch.no_grad()
+def _touch(module: ResponseLogprobs, device: torch.device) -> None:
+    """One tiny forward through a freshly sharded root. FSDP2 decides which unit is the root
+    on the first forward; rollouts call the blocks directly, so the root must go first."""
+    ids = torch.zeros(1, 2, dtype=torch.long, device=device)
+    module(ids, torch.ones_like(ids), torch.ones(1, dtype=torch.long, device=device), 1)
+    module.reshard()  # the root keeps its gathered weights after forward; the optimizer must see the shards
