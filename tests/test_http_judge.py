@@ -16,7 +16,7 @@ SECRET = "sk-test-THIS-MUST-NOT-LEAK-123"
 
 def judge_for(server, tmp_path=None, **overrides):
     fields = dict(base_url=server.url, api_key_env="WAVALIGN_TEST_JUDGE_KEY", timeout_s=0.5, max_retries=2,
-                  backoff_base_s=0.05, backoff_max_s=0.3, concurrency=8,
+                  backoff_base_s=0.05, backoff_max_s=0.3, concurrency=8, deadline_s=5.0,
                   cache_dir=str(tmp_path / "cache") if tmp_path else None)
     fields.update(overrides)
     return HttpJudge(JudgeConfig(**fields))
@@ -87,3 +87,57 @@ def test_config_validation():
         JudgeConfig(base_url="http://127.0.0.1:1/v1", kind="vibes")
     with pytest.raises(ValueError, match="base_url must start with http"):
         JudgeConfig(base_url="127.0.0.1:1")
+    for bad in (0, -1.0, float("nan"), float("inf"), "soon"):
+        with pytest.raises(ValueError, match="deadline_s"):
+            JudgeConfig(base_url="http://127.0.0.1:1/v1", deadline_s=bad)
+
+
+def test_default_deadline_is_derived_from_timeout_and_retries():
+    config = JudgeConfig(base_url="http://127.0.0.1:1/v1", timeout_s=2.0, max_retries=3, backoff_max_s=1.0)
+    assert config.deadline_s is None and config.total_deadline_s == 4 * 2.0 + 3 * 1.0
+    assert JudgeConfig(base_url="http://127.0.0.1:1/v1", deadline_s=7).total_deadline_s == 7.0
+
+
+def test_trickling_server_is_cut_at_the_total_deadline(monkeypatch, caplog):
+    # One byte every 200 ms never trips the 1 s per-read timeout; only the total deadline
+    # stops it. The sample gets None (never the score the trickle would finally deliver),
+    # the failure is counted, and the rest of the batch is scored. With one slot, "ok" is
+    # only sent once the abandoned request has given its slot back.
+    monkeypatch.setenv("WAVALIGN_TEST_JUDGE_KEY", SECRET)
+    caplog.set_level(logging.DEBUG)
+    deadline = 1.5
+    with JudgeServer() as server:
+        judge = judge_for(server, timeout_s=1.0, deadline_s=deadline, concurrency=1)
+        start = time.perf_counter()
+        scores = judge(["q case:trickle", "q case:ok"], [Completion(text="a"), Completion(text="b")])
+        elapsed = time.perf_counter() - start
+        assert judge(["q case:ok"], [Completion(text="c")]) == [4.0]  # the client moves on
+    assert scores == [None, 4.0]
+    assert elapsed < deadline + 1.0
+    assert judge.stats["failures"] == {"deadline": 1}
+    assert server.counts["trickle"] == 1  # the deadline left no time for a retry
+    assert judge.summary()["judge/failures_deadline"] == 1.0
+    assert "deadline" in caplog.text and SECRET not in caplog.text
+
+
+def test_deadline_spans_retries():
+    # Each attempt at the slow case times out after 0.5 s; the 0.8 s deadline ends the second.
+    with JudgeServer() as server:
+        judge = judge_for(server, timeout_s=0.5, max_retries=4, deadline_s=0.8)
+        start = time.perf_counter()
+        assert judge(["q case:slow"], [Completion(text="a")]) == [None]
+        elapsed = time.perf_counter() - start
+    assert elapsed < 0.8 + 1.0
+    assert judge.stats["failures"] == {"deadline": 1}
+    assert server.counts["slow"] == 2
+
+
+def test_retry_after_past_the_deadline_fails_now():
+    with JudgeServer() as server:
+        judge = judge_for(server, deadline_s=2.0)
+        start = time.perf_counter()
+        assert judge(["q case:ratelimit_long"], [Completion(text="a")]) == [None]
+        elapsed = time.perf_counter() - start
+    assert server.counts["ratelimit_long"] == 1  # no retry into a wait the deadline cannot cover
+    assert judge.stats["failures"] == {"deadline": 1}
+    assert elapsed < 1.0

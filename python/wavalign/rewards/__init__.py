@@ -1,6 +1,6 @@
 """Rewards: the RewardFn convention, composition, and audio judge clients."""
 
-from wavalign.rewards.base import CompositeReward, Completion, RewardFn, RewardResult, needs_audio, score_batch
+from wavalign.rewards.base import CompositeReward, Completion, RewardFn, RewardResult, needs_audio, required_columns, score_batch
 from wavalign.rewards.hf_audio_classifier import HFAudioClassifierReward
 from wavalign.rewards.hf_classifier import HFClassifierReward
 from wavalign.rewards.http_judge import HttpJudge, JudgeConfig
@@ -9,4 +9,4 @@ from wavalign.rewards.http_judge import HttpJudge, JudgeConfig
 # The HF classifiers import transformers only when constructed.
 
 __all__ = ["CompositeReward", "Completion", "HFAudioClassifierReward", "HFClassifierReward", "HttpJudge",
-           "JudgeConfig", "RewardFn", "RewardResult", "needs_audio", "score_batch"]
+           "JudgeConfig", "RewardFn", "RewardResult", "needs_audio", "required_columns", "score_batch"]

@@ -4,6 +4,9 @@ A reward function is any callable
 
     fn(prompts, completions, **columns) -> list[float | None]
 
+that may declare `required_columns = ("answer", ...)` (checked against the data at start-up)
+and `needs_audio = True` (its completions then carry decoded audio).
+
 with one entry per completion. ``None`` (or NaN) means "no score": a failed judge call, an
 unparseable answer. It becomes NaN downstream and is excluded from group statistics and
 counted; it is never replaced by a neutral score. ``completions`` are :class:`Completion`
@@ -126,6 +129,10 @@ class CompositeReward:
     def needs_audio(self) -> bool:
         return any(needs_audio(fn) for fn, _ in self.components.values())
 
+    def column_needs(self) -> dict[str, tuple[str, ...]]:
+        """Component name -> the dataset columns it reads (declared as `required_columns`)."""
+        return {name: required_columns(fn) for name, (fn, _) in self.components.items() if required_columns(fn)}
+
     def score(self, prompts, completions, **columns) -> RewardResult:
         scores = [score_batch(fn, prompts, completions, **columns) for fn, _ in self.components.values()]
         weights = torch.tensor([w for _, w in self.components.values()], dtype=torch.float64)
@@ -152,3 +159,9 @@ class CompositeReward:
 def needs_audio(fn) -> bool:
     """Does this reward listen to Completion.audio? Declared by the reward (attribute or property)."""
     return bool(getattr(fn, "needs_audio", False))
+
+
+def required_columns(fn) -> tuple[str, ...]:
+    """The dataset columns a reward reads (its `required_columns`; none when undeclared), so
+    data lacking them fails at start-up instead of at the first step."""
+    return tuple(getattr(fn, "required_columns", ()) or ())

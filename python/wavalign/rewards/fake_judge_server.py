@@ -2,8 +2,10 @@
 
 Used by the tests and benchmarks/bench_judge.py; handy to check a client setup offline.
 
-The behaviour is chosen by a marker "case:NAME" in the user text. Requests are counted per
-case. The server only ever listens on the loopback interface and stops with the test.
+The behaviour is chosen by a marker "case:NAME" in the user text (ok, slow, error500,
+ratelimit, ratelimit_long, malformed, prose, range, two_scores, drop, bad_request, trickle:
+a valid answer sent one byte every TRICKLE_INTERVAL_S, so no single read ever times out).
+Requests are counted per case. The server only ever listens on the loopback interface and stops with the test.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+TRICKLE_INTERVAL_S = 0.2  # case:trickle sends its (valid) answer one byte at a time this often
 
 
 class _Server(ThreadingHTTPServer):
@@ -93,8 +98,26 @@ class JudgeServer:
                     self.connection.shutdown(2)
                 elif case == "bad_request":
                     self._reply(400, "bad request")
+                elif case == "ratelimit_long":
+                    self._reply(429, "come back in an hour", {"Retry-After": "3600"})
+                elif case == "trickle":  # a valid answer, one byte every TRICKLE_INTERVAL_S
+                    self._trickle(answer("<score>5</score>"))
                 else:
                     self._reply(404, "unknown case")
+
+            def _trickle(self, body):
+                data = body.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    self.wfile.flush()
+                    for i in range(len(data)):
+                        time.sleep(TRICKLE_INTERVAL_S)
+                        self.wfile.write(data[i:i + 1])
+                        self.wfile.flush()
+                except OSError:  # the client gave up and closed the connection
+                    self.close_connection = True
 
         self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

@@ -6,6 +6,15 @@ and cached on disk by a content hash so a rerun never pays twice. The score is r
 from a ``<score>N</score>`` tag and range-checked; anything else is a failure: the sample
 gets ``None`` and the failure is counted by reason. The API key is read from an environment
 variable at call time and never logged, cached or included in error messages.
+
+`timeout_s` bounds each connect, write and read, so a server that trickles bytes could hold
+a request for ever; `deadline_s` bounds the whole request instead: attempts, backoff sleeps
+and waits for a slot to retry, counted from the moment its first attempt is sent (waiting
+for a free slot before that does not count). Its default is ``(max_retries + 1) *
+timeout_s + max_retries * backoff_max_s``. A request still running at the deadline is
+abandoned; a retry whose backoff (or whose Retry-After) would end at or past the deadline
+is not started. Either way the sample gets ``None`` and the failure is counted as
+"deadline", like any other failed judge call.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -63,6 +73,14 @@ class JudgeConfig:
     score_min: float = 1.0
     score_max: float = 5.0
     cache_dir: str | None = None
+    deadline_s: float | None = None  # total per request; None: see total_deadline_s
+
+    @property
+    def total_deadline_s(self) -> float:
+        """The per-request deadline in force: deadline_s, or one derived from the other fields."""
+        if self.deadline_s is not None:
+            return float(self.deadline_s)
+        return (self.max_retries + 1) * self.timeout_s + self.max_retries * self.backoff_max_s
 
     def __post_init__(self):
         if self.kind not in PROMPTS:
@@ -73,6 +91,13 @@ class JudgeConfig:
             raise ValueError("concurrency >= 1, max_retries >= 0 and timeout_s > 0 are required")
         if not self.score_max > self.score_min:
             raise ValueError("score_max must be greater than score_min")
+        if self.deadline_s is not None:
+            try:
+                ok = math.isfinite(float(self.deadline_s)) and float(self.deadline_s) > 0
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"deadline_s must be a finite number of seconds > 0 (or None), got {self.deadline_s!r}")
 
 
 def wav_bytes(audio, sample_rate: int) -> bytes:
@@ -178,13 +203,28 @@ class HttpJudge:
             self.stats["cache_hits"] += 1
             return json.loads(cache.read_text())["score"]
         url = self.config.base_url.rstrip("/") + "/chat/completions"
+        loop = asyncio.get_running_loop()
+        deadline = None  # loop time; set when the first attempt holds a slot
+        reason = None  # the last attempt's failure
         for attempt in range(self.config.max_retries + 1):
-            delay = None
-            async with semaphore:
+            delay = wanted = None
+            if deadline is None:
+                await semaphore.acquire()
+                deadline = loop.time() + self.config.total_deadline_s
+            else:
+                try:  # waiting for a slot to retry counts against the deadline
+                    await asyncio.wait_for(semaphore.acquire(), max(0.0, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    return self._past_deadline(attempt, reason, "while waiting for a slot to retry")
+            try:
                 self.stats["requests"] += 1
                 start = time.perf_counter()
                 try:
-                    response = await client.post(url, json=payload)
+                    response = await asyncio.wait_for(client.post(url, json=payload),
+                                                      max(0.0, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    self.stats["latencies"].append(time.perf_counter() - start)
+                    return self._past_deadline(attempt + 1, reason, "during a request")
                 except (httpx.TimeoutException, httpx.TransportError) as error:
                     reason = "timeout" if isinstance(error, httpx.TimeoutException) else "connection"
                     self.stats["latencies"].append(time.perf_counter() - start)
@@ -200,16 +240,28 @@ class HttpJudge:
                     retry_after = response.headers.get("Retry-After")
                     if retry_after is not None:
                         try:
-                            delay = min(float(retry_after), self.config.backoff_max_s)
+                            wanted = max(0.0, float(retry_after))
+                            delay = min(wanted, self.config.backoff_max_s)
                         except ValueError:
-                            delay = None
+                            delay = wanted = None
+            finally:
+                semaphore.release()
             if attempt == self.config.max_retries:
                 self._fail(reason)
                 log.warning("judge request failed after %d attempts (%s)", attempt + 1, reason)
                 return None
             if delay is None:  # exponential backoff with full jitter
                 delay = random.uniform(0, min(self.config.backoff_max_s, self.config.backoff_base_s * 2**attempt))
+            wait = max(delay, wanted or 0.0)  # a Retry-After past the deadline: give up now
+            if wait >= deadline - loop.time():
+                return self._past_deadline(attempt + 1, reason, f"before a retry (it would wait {wait:.2f} s)")
             await asyncio.sleep(delay)
+        return None
+
+    def _past_deadline(self, attempts: int, last: str | None, when: str) -> None:
+        self._fail("deadline")
+        log.warning("judge request gave up at its %.2f s deadline %s, after %d attempt(s) (last error: %s)",
+                    self.config.total_deadline_s, when, attempts, last or "none")
         return None
 
     def _accept(self, response, cache: Path | None) -> float | None:

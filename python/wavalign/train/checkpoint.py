@@ -25,6 +25,7 @@ from wavalign.files import fsync_dir, write_text_atomic  # noqa: F401 (write_tex
 
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.pt"
+STAGING_PREFIX = ".staging-"
 
 
 def rng_state() -> dict:
@@ -49,22 +50,26 @@ def save_checkpoint(root: Path, step: int, *, model, tokenizer, extra_files: dic
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"
     final = root / name
-    staging = root / f".staging-{name}-{os.getpid()}"
+    staging = root / f"{STAGING_PREFIX}{name}-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
-    weights = {} if state_dict is None else {"state_dict": state_dict}
-    model.save_pretrained(str(staging), safe_serialization=True, **weights)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(staging))
-    for filename, text in extra_files.items():
-        (staging / filename).write_text(text)
-    torch.save(trainer_state, staging / TRAINER_STATE)
-    for rank, state in enumerate(rank_states):
-        torch.save(state, staging / f"rank_{rank}.pt")
-    for file in staging.iterdir():
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
+    try:
+        weights = {} if state_dict is None else {"state_dict": state_dict}
+        model.save_pretrained(str(staging), safe_serialization=True, **weights)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(staging))
+        for filename, text in extra_files.items():
+            (staging / filename).write_text(text)
+        torch.save(trainer_state, staging / TRAINER_STATE)
+        for rank, state in enumerate(rank_states):
+            torch.save(state, staging / f"rank_{rank}.pt")
+        for file in staging.iterdir():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+    except BaseException:  # a failed (or interrupted) save leaves nothing half-written behind
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if final.exists():  # re-saving the same step (e.g. Ctrl-C right after a periodic save)
         shutil.rmtree(final)
     os.replace(staging, final)
@@ -73,6 +78,16 @@ def save_checkpoint(root: Path, step: int, *, model, tokenizer, extra_files: dic
     for old in sorted(root.glob("step_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def remove_stale_staging(root: Path) -> list[Path]:
+    """Staging directories a killed save left behind (never a complete checkpoint: those are
+    renamed into place). Removed; -> the removed paths, so the caller can say so."""
+    removed = []
+    for path in sorted(Path(root).glob(f"{STAGING_PREFIX}*")) if Path(root).is_dir() else []:
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -86,10 +101,36 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def load_trainer_state(path: Path, rank: int) -> tuple[dict, dict]:
-    """-> (trainer state, this rank's RNG state)."""
-    state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
+    """-> (trainer state, this rank's RNG state). A truncated or corrupted file fails naming it."""
+    state = _load_state(path / TRAINER_STATE)
     rank_file = path / f"rank_{rank}.pt"
     if not rank_file.is_file():
         raise FileNotFoundError(f"{rank_file} is missing: resume with the same number of processes "
                                 f"as the run that saved it ({state.get('world_size', '?')})")
-    return state, torch.load(rank_file, map_location="cpu", weights_only=True)
+    return state, _load_state(rank_file)
+
+
+def _load_state(file: Path) -> dict:
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint file missing: {file}") from None
+    except Exception as error:  # torch raises RuntimeError / UnpicklingError / EOFError ... for damage
+        raise ValueError(f"checkpoint file {file} is truncated or corrupted and cannot be loaded "
+                         f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint file {file} does not hold a state mapping (got {type(state).__name__})")
+    return state
+
+
+def load_weights(file: Path, device: str) -> dict:
+    """model.safetensors -> {name: tensor}; a truncated or corrupted file fails naming it."""
+    from safetensors.torch import load_file
+
+    if not Path(file).is_file():
+        raise FileNotFoundError(f"checkpoint file missing: {file}")
+    try:
+        return load_file(str(file), device=device)
+    except Exception as error:  # safetensors raises SafetensorError for a bad header or size
+        raise ValueError(f"checkpoint file {file} is truncated or corrupted and cannot be loaded "
+                         f"({type(error).__name__}: {error})") from None

@@ -43,6 +43,7 @@ class TrainExample:
     rejected_ids: list[int] | None = None  # offline DPO
     columns: dict = field(default_factory=dict)  # handed to reward functions (answer, style, ...)
     prompt_text: str | None = None  # what a judge is shown as the user's request
+    where: str | None = None  # "file.jsonl:12" for records read from a file (error messages)
 
 
 def judge_prompt_text(example: TrainExample, tokenizer) -> str:
@@ -192,7 +193,9 @@ def load_jsonl_examples(path: str | Path, convert: RecordConverter, *, skip_bad_
             if isinstance(record, ValueError):  # not JSON: already names file:line
                 raise record
             try:
-                examples.append(convert(record, number))
+                example = convert(record, number)
+                example.where = f"{path}:{number}"
+                examples.append(example)
             except (TypeError, ValueError) as error:
                 raise ValueError(f"{path}:{number}: {error}") from None
         except ValueError as error:
@@ -274,3 +277,16 @@ def load_examples(config, world, fmt: ResponseFormat, vocab_size: int, codec=Non
         evaluation, more = load_jsonl_examples(c.eval_path, convert, skip_bad_lines=c.skip_bad_lines)
         skipped += more
     return train, evaluation, skipped
+
+
+def check_columns(examples: Sequence[TrainExample], reward) -> None:
+    """Every example must carry (non-null) each column the reward's components declare
+    (`required_columns`). Raises ValueError naming the component, the column and file:line."""
+    needs = reward.column_needs() if hasattr(reward, "column_needs") else {}
+    for example in examples:
+        for name, columns in needs.items():
+            for column in columns:
+                if example.columns.get(column) is None:
+                    where = example.where or f"record {example.id!r}"
+                    raise ValueError(f"{where}: reward {name!r} needs the column {column!r}, which this record "
+                                     f"does not have (its columns: {sorted(example.columns) or 'none'})")

@@ -25,7 +25,7 @@ import torch
 from wavalign.modality import ModalitySpec
 from wavalign.rewards.completions import make_completions
 from wavalign.rollout.engine import ModalitySampling, Rollout, RolloutEngine, SamplingParams
-from wavalign.train.data import batch_columns, judge_prompt_text
+from wavalign.train.data import batch_columns, check_columns, judge_prompt_text
 
 #: Per-prompt metrics and whether higher is better (None: neither).
 METRICS = {"IQ": True, "EQ": True, "WER": False, "reward": True, "length": None}
@@ -127,7 +127,10 @@ def build_evaluator(config, *, examples: Sequence, spec: ModalitySpec, tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (spec.pad or 0)
     if exact == "auto":
         exact = world.exact_metrics if world is not None and config.data.source == "world" else None
-    return PolicyEvaluator(spec=spec, pad_id=pad_id, examples=list(examples)[:e.limit], format=format, exact=exact,
+    examples = list(examples)[:e.limit]
+    if reward_fn is not None:
+        check_columns(examples, reward_fn)
+    return PolicyEvaluator(spec=spec, pad_id=pad_id, examples=examples, format=format, exact=exact,
                            reward_fn=reward_fn, codec=world.codec if world is not None else None,
                            prompt_text=partial(judge_prompt_text, tokenizer=tokenizer),
                            max_new_tokens=config.rollout.max_new_tokens, temperature=e.temperature)

@@ -26,13 +26,15 @@ from tqdm.auto import tqdm
 from wavalign.train import checkpoint as ckpt
 from wavalign.train import distributed, fsdp
 from wavalign.train.config import TrainConfig
-from wavalign.train.data import PromptSampler, TrainExample, judge_prompt_text, load_examples
+from wavalign.train.data import PromptSampler, TrainExample, check_columns, judge_prompt_text, load_examples
 from wavalign.train.distributed import Ranks, pick_device  # noqa: F401 (pick_device: re-export)
 from wavalign.train.evaluator import PolicyEvaluator, build_evaluator, mean_summary
 from wavalign.train.gate import AdaptiveGate
 from wavalign.train.logprobs import RowLogprobs
 from wavalign.train.model import load_policy
 from wavalign.train.rewards import EVAL_JUDGE_SEED_OFFSET, REWARD_KINDS, build_reward
+from wavalign.train.run_dir import RunDirLock, check_free_space, checkpoint_bytes
+from wavalign.train.run_dir import prepare as prepare_run_dir
 from wavalign.train.run_log import RunLog, plot_run
 from wavalign.train.step import LEARN_STEPS, Collector, StepBatch, collect_metrics
 
@@ -88,6 +90,11 @@ class Trainer:
         self.reward_fn = None if config.mode == "sft" else build_reward(config.rewards, self.world, 0)
         eval_reward = (build_reward(config.rewards, self.world, EVAL_JUDGE_SEED_OFFSET)
                        if config.mode != "sft" or self.world is not None else None)
+        # Every record must carry the columns its rewards read: fail now, naming file:line.
+        if self.reward_fn is not None:
+            check_columns(self.train_examples, self.reward_fn)
+        if eval_reward is not None:
+            check_columns(self.eval_examples, eval_reward)
         self.gate = AdaptiveGate(config.gate, device=self.device)
         self.sampler = PromptSampler(len(self.train_examples), config.run.seed)
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=config.optim.lr,
@@ -108,8 +115,11 @@ class Trainer:
         self.stop_requested = False
         self.run_dir = Path(run_dir) if run_dir else self._run_dir()
         self.checkpoint_root = self.run_dir / "checkpoints"
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = RunDirLock(self.run_dir)
+        if self.is_main:  # before any work: one live run per directory, writable, room for checkpoints
+            prepare_run_dir(self.run_dir)
+            self.lock.acquire()
+            check_free_space(self.run_dir, checkpoint_bytes(self.policy, config.run.keep_checkpoints))
             config.to_yaml(self.run_dir / "config.yaml")
         if resume:
             self._resume()
@@ -269,6 +279,10 @@ class Trainer:
         return path
 
     def _resume(self) -> None:
+        if self.is_main:
+            for stale in ckpt.remove_stale_staging(self.checkpoint_root):
+                self._say(f"removed {stale}, left by a save that did not finish")
+        distributed.barrier()
         path = ckpt.latest_checkpoint(self.checkpoint_root)
         if path is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {self.checkpoint_root}")
@@ -281,9 +295,7 @@ class Trainer:
                          for k in now[s] if saved.get(s, {}).get(k) != now[s][k] and s not in ("run", "eval"))
         if saved.get("mode") != now["mode"] or changed:
             raise ValueError(f"--resume: the config differs from the checkpoint's in {changed or ['mode']}")
-        from safetensors.torch import load_file
-
-        weights = load_file(str(path / "model.safetensors"), device=str(self.device))
+        weights = ckpt.load_weights(path / "model.safetensors", device=str(self.device))
         if self.loaded.sharded:
             missing, unexpected = fsdp.load_full_model_state(self.loaded.logprob_module, weights, prefix="lm.")
         else:
@@ -362,6 +374,7 @@ class Trainer:
             return summary
         finally:
             self.run_log.close()
+            self.lock.release()
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
 
@@ -380,6 +393,7 @@ class Trainer:
             print(f"[train] {message}", flush=True)
 
     def close(self) -> None:
+        self.lock.release()
         distributed.destroy()
 
 

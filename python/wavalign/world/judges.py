@@ -40,6 +40,8 @@ def assess(scorer: WorldScorer, completion: Completion, answer: str, style: str)
 class _WorldJudge:
     name = "judge"
 
+    required_columns = ("answer", "style")  # what the world's exact assessment needs
+
     def __init__(self, scorer: WorldScorer, noise: JudgeNoise, seed: int = 0):
         self.scorer = scorer
         self.noise = noise
@@ -95,6 +97,8 @@ class ExactScore:
     EQ), with no noise, rounding or failures. An oracle reward for diagnostics: it shows what
     an algorithm does when the reward is right, separately from what judge noise does to it.
     Like the judges, it hears a completion's `audio` when given, else its `speech_units`."""
+
+    required_columns = ("answer", "style")
 
     def __init__(self, scorer: WorldScorer, quantity: str):
         if quantity not in ("semantic", "acoustic"):
