@@ -3,6 +3,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
+#include <limits>
 #include <string>
 
 #include "tensor_arg.h"
@@ -160,7 +162,7 @@ void raise_if_cuda_error(const char* op, const char* error) {
                         "tensors to CPU");
 }
 
-void group_stats(py::handle rewards_obj, int32_t mode, bool sample_std, float eps,
+void group_stats(py::handle rewards_obj, int32_t mode, bool sample_std, double eps,
                  py::handle valid_count, py::handle mean, py::handle std_dev,
                  py::handle variance, py::handle max, py::handle min, py::handle zero_variance,
                  py::handle all_missing, py::handle advantages, uintptr_t cuda_stream) {
@@ -170,13 +172,21 @@ void group_stats(py::handle rewards_obj, int32_t mode, bool sample_std, float ep
   if (mode < kAdvantageGrpo || mode > kAdvantageRloo)
     throw py::value_error("advantage mode must be 0 (grpo), 1 (dr_grpo) or 2 (rloo)");
   const int64_t b = rewards.shape[0], g = rewards.shape[1];
+  if (g > std::numeric_limits<int32_t>::max())
+    throw py::value_error("rewards must have at most 2147483647 samples per group (valid_count is "
+                          "int32), got G = " + std::to_string(g));
+  // eps arrives as a Python float (double); check it before narrowing to the op's float.
+  const float eps_f = static_cast<float>(eps);
+  if (!(eps >= 0.0) || !std::isfinite(eps_f) || (eps != 0.0 && eps_f == 0.0))
+    throw py::value_error("eps must be a finite number >= 0 that float32 can hold, got " +
+                          py::repr(py::float_(eps)).cast<std::string>());
   GroupStatsArgs a;
   a.rewards = static_cast<const float*>(rewards.data);
   a.n_groups = b;
   a.group_size = g;
   a.mode = mode;
   a.sample_std = sample_std;
-  a.eps = eps;
+  a.eps = eps_f;
   a.valid_count = checked<int32_t>(valid_count, "valid_count", DType::Int32, {b}, rewards);
   a.mean = checked<float>(mean, "mean", DType::Float32, {b}, rewards);
   a.std = checked<float>(std_dev, "std", DType::Float32, {b}, rewards);

@@ -6,9 +6,12 @@ logits' device, and turns the native per-row status codes into Python exceptions
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 
-from wavalign.sampling_params import SAMPLING_FIELD_NAMES
+from wavalign.sampling_params import SAMPLING_FIELD_NAMES, float32_problem
 
 try:
     from wavalign import _core
@@ -31,7 +34,121 @@ _STATUS_MESSAGES = {
         "a sampling parameter is invalid (need temperature >= 0, top_k >= 0, "
         "0 < top_p <= 1, 0 <= min_p <= 1, repetition_penalty > 0, all finite)"
     ),
+    8: (
+        "its sampling parameters overflow float32 (a penalised or temperature-scaled logit "
+        "of an allowed id became +inf or NaN, or every one became -inf); use a larger "
+        "temperature or smaller penalties"
+    ),
 }
+_STATUS_WITH_PARAMS = (7, 8)  # messages that list the row's parameter values
+
+
+# ---- Exact argument conversion: every value is checked against the storage it will have
+# BEFORE anything narrows it, so nothing a caller passes changes on its way to the native
+# ops (the bindings then check dtype, shape, device and layout).
+
+INT32 = (-(2**31), 2**31 - 1)
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def _index_text(name: str, index: tuple) -> str:
+    return f"{name}[{', '.join(str(int(i)) for i in index)}]" if index else name
+
+
+def exact_int(value, name: str, lo: int, hi: int, *, integral_floats: bool = True) -> int:
+    """`value` (an int, or an integral float when integral_floats) as an int in [lo, hi].
+    TypeError for a bool or a non-integer, ValueError for a value outside [lo, hi]."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if isinstance(value, numbers.Integral):
+        result = int(value)
+    elif integral_floats and isinstance(value, numbers.Real) and float(value).is_integer():
+        result = int(float(value))
+    else:
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if not lo <= result <= hi:
+        raise ValueError(f"{name} must lie in [{lo}, {hi}], got {value!r}")
+    return result
+
+
+def exact_float32(value, name: str) -> float:
+    """A real `value` that float32 holds without overflow or a flush to 0 (NaN and +-inf
+    pass: the sampler reports them per row). TypeError for a bool or a non-number."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    problem = float32_problem(value)
+    if problem:
+        raise ValueError(f"{name} {problem}, got {value!r}")
+    return float(value)
+
+
+def _exact_leaves(value, name: str, convert, index=()):
+    if isinstance(value, (list, tuple)):
+        return [_exact_leaves(item, name, convert, index + (i,)) for i, item in enumerate(value)]
+    return convert(value, _index_text(name, index))
+
+
+def _from_numpy(value: np.ndarray, name: str) -> torch.Tensor:
+    try:
+        return torch.from_numpy(value)
+    except TypeError as error:  # object arrays and element types torch lacks
+        raise TypeError(f"{name}: numpy dtype {value.dtype} has no torch equivalent ({error})") from None
+
+
+def as_tensor(value, name: str, dtype: torch.dtype, device) -> torch.Tensor:
+    """A tensor argument, converted without narrowing: a tensor is returned as it is and a
+    numpy array keeps its dtype (the binding then checks both); a list becomes `dtype` on
+    `device` after each element is checked to fit `dtype` exactly."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return _from_numpy(value, name)
+    if isinstance(value, (list, tuple)):
+        if dtype == torch.float32:
+            leaves = _exact_leaves(value, name, exact_float32)
+        else:
+            lo, hi = INT32 if dtype == torch.int32 else INT64
+            leaves = _exact_leaves(value, name, lambda v, where: exact_int(v, where, lo, hi))
+        try:
+            return torch.tensor(leaves, dtype=dtype, device=device)
+        except ValueError as error:  # ragged nesting
+            raise ValueError(f"{name} must be a rectangular list of numbers ({error})") from None
+    raise TypeError(f"{name} must be a tensor, numpy array or list, got {type(value).__name__}")
+
+
+def integer_tensor(value, name: str, lo: int, hi: int, requirement: str, device,
+                   *, integral_floats: bool = True) -> torch.Tensor:
+    """An int64 tensor holding exactly the integers in `value` (tensor, numpy array or
+    list), each checked to lie in [lo, hi] before any conversion. Float elements must be
+    integral (lists: only with integral_floats). TypeError for bool/complex/other element
+    types; ValueError naming the first bad element and its value, then `requirement`."""
+    if isinstance(value, (list, tuple)):
+        leaves = _exact_leaves(value, name, lambda v, where: exact_int(
+            v, where, lo, hi, integral_floats=integral_floats))
+        try:
+            return torch.tensor(leaves, dtype=torch.int64, device=device)
+        except ValueError as error:  # ragged nesting
+            raise ValueError(f"{name} must be a rectangular list of integers ({error})") from None
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind == "u" and value.dtype.itemsize == 8 and value.size and int(value.max()) > hi:
+            flat = int(np.argmax(value > hi))
+            index = np.unravel_index(flat, value.shape)
+            raise ValueError(f"{_index_text(name, index)} is {int(value.flat[flat])}: {requirement}")
+        value = _from_numpy(value.astype(np.int64) if value.dtype.kind == "u" else value, name)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor, numpy array or list of integers, got {type(value).__name__}")
+    if value.dtype == torch.bool or value.is_complex():
+        raise TypeError(f"{name} must have an integer or float dtype, got {value.dtype}")
+    if value.is_floating_point():
+        exact = value.double()  # exact for every float dtype
+        bad = ~torch.isfinite(exact) | (exact != exact.round()) | (exact < lo) | (exact >= float(hi) + 1)
+    else:
+        exact = value.long()  # exact: int64 and narrower (uint64 handled above)
+        bad = (exact < lo) | (exact > hi)
+    if bool(bad.any()):
+        index = tuple(torch.nonzero(bad)[0].tolist())
+        raise ValueError(f"{_index_text(name, index)} is {exact[index].item()!r}: {requirement}")
+    return exact.long()
 
 
 def build_info() -> dict:
@@ -55,21 +172,32 @@ def get_num_threads() -> int:
     return int(_core.get_num_threads())
 
 
-def _raise_for_status(status: torch.Tensor, params: dict) -> None:
-    # status: [N] int32 on the logits' device. One small read-back; it syncs on CUDA.
-    bad = torch.nonzero(status.cpu()).flatten()
+def sample_status_error(op: str, status: torch.Tensor, params: dict) -> ValueError | None:
+    """The error for the first failed row of a sampler status vector, or None if none failed.
+
+    status: [N] int32 (SampleStatus codes); params: name -> [N] tensor of the row parameters.
+    The reference twin reports its statuses through this too, so both word an error alike.
+    """
+    status = status.cpu()  # one small read-back; it syncs on CUDA
+    bad = torch.nonzero(status).flatten()
     if bad.numel() == 0:
-        return
+        return None
     row = int(bad[0])
     code = int(status[row])
     detail = _STATUS_MESSAGES.get(code, f"native status {code}")
-    if code == 7:
+    if code in _STATUS_WITH_PARAMS:
         values = ", ".join(f"{name}={tensor[row].item():g}" for name, tensor in params.items())
         detail += f"; row {row} has {values}"
-    raise ValueError(
-        f"sample_tokens: row {row} cannot be sampled: {detail} "
+    return ValueError(
+        f"{op}: row {row} cannot be sampled: {detail} "
         f"({bad.numel()} of {status.numel()} rows failed)"
     )
+
+
+def _raise_for_status(status: torch.Tensor, params: dict) -> None:
+    error = sample_status_error("sample_tokens", status, params)
+    if error is not None:
+        raise error
 
 
 def sample_tokens(

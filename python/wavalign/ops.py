@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from wavalign import _ops
-from wavalign.sampling_params import SAMPLING_FIELDS
+from wavalign.sampling_params import SAMPLING_FIELDS, float32_problem
 
 RowParam = Union[float, int, torch.Tensor]
 
@@ -35,24 +35,34 @@ class SampledTokens(NamedTuple):
 
 def _row_param(value: RowParam, name: str, n: int, device: torch.device) -> torch.Tensor:
     dtype, _ = SAMPLING_PARAMS[name]
-    if isinstance(value, torch.Tensor):
-        return value  # the binding checks dtype, shape [N], device and contiguity
+    if isinstance(value, (torch.Tensor, np.ndarray, list, tuple)):
+        # tensors and arrays keep their dtype (the binding checks dtype, shape [N], device
+        # and contiguity); a list's elements are checked to fit the dtype exactly
+        return _ops.as_tensor(value, name, dtype, device)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number or a [N] {dtype} tensor, got {type(value).__name__}")
-    if dtype == torch.int64 and not float(value).is_integer():
-        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if dtype == torch.int64:
+        value = _ops.exact_int(value, name, *_ops.INT64)
+    else:  # NaN / inf pass: the sampler reports them per row
+        value = _ops.exact_float32(value, name)
     return torch.full((n,), value, dtype=dtype, device=device)
 
 
 def normalize_ranges(
     allowed_ranges: torch.Tensor | Sequence[tuple[int, int]] | None, n: int, device: torch.device
 ) -> torch.Tensor | None:
-    """[R, 2] or a list of (lo, hi) is shared by every row; [N, R, 2] is per row."""
+    """[R, 2] or a list of (lo, hi) is shared by every row; [N, R, 2] is per row. Lists and
+    numpy arrays become int64 exactly (integral floats accepted, nothing rounded)."""
     if allowed_ranges is None:
         return None
     if not isinstance(allowed_ranges, torch.Tensor):
-        allowed_ranges = torch.tensor(list(allowed_ranges), dtype=torch.int64, device=device)
-        if allowed_ranges.dim() != 2:
+        from_list = not isinstance(allowed_ranges, np.ndarray)
+        if from_list and not isinstance(allowed_ranges, (list, tuple)):
+            allowed_ranges = list(allowed_ranges)  # any other sequence of pairs
+        allowed_ranges = _ops.integer_tensor(
+            allowed_ranges, "allowed_ranges", *_ops.INT64, "range bounds must be integers (int64)", device
+        ).to(device)
+        if from_list and allowed_ranges.dim() != 2:
             raise ValueError("allowed_ranges given as a list must hold (lo, hi) pairs")
     if allowed_ranges.dim() == 2:
         return allowed_ranges.unsqueeze(0).expand(n, -1, -1).contiguous()
@@ -83,7 +93,9 @@ def sample_tokens(
     Args:
         logits: [N, V] float32, bfloat16 or float16, contiguous (torch or numpy).
         temperature, top_k, top_p, min_p, repetition_penalty, presence_penalty,
-            frequency_penalty: a number for all rows or a [N] tensor (float32; top_k int64).
+            frequency_penalty: a number for all rows, or a [N] tensor or numpy array
+            (float32; top_k int64) or a list of N numbers. Numbers and list elements must
+            fit that dtype exactly (int64 range; float32 range, no flush to 0).
             Off values: top_k=0, top_p=1, min_p=0, repetition_penalty=1, penalties 0.
         history: [N, H] int64 token ids the penalties count; -1 is padding.
         allowed_ranges: half-open id ranges [lo, hi): [N, R, 2] int64 per row, or [R, 2] /
@@ -97,8 +109,10 @@ def sample_tokens(
 
     Raises:
         TypeError / ValueError naming the argument for a wrong dtype, shape, device or
-        layout; ValueError naming the first bad row for NaN/+inf logits, an empty allowed
-        set, an allowed set with no finite logit, out-of-range ids or invalid parameters.
+        layout, or a value its dtype cannot hold; ValueError naming the first bad row for
+        NaN/+inf logits, an empty allowed set, an allowed set with no finite logit,
+        out-of-range ids, invalid parameters, or parameters whose arithmetic overflows
+        float32 (a penalised or temperature-scaled logit +inf or NaN).
     """
     arguments = locals()  # the sampling parameters, read below by schema name
     logits = _as_tensor(logits, "logits")  # numpy: zero-copy; results come back as torch tensors
@@ -175,8 +189,9 @@ def group_stats(
         raise ValueError(f"rewards must have shape [B, G], got {list(rewards.shape)}")
     if std not in ("population", "sample"):
         raise ValueError(f"std must be 'population' or 'sample', got {std!r}")
-    if not (isinstance(eps, (int, float)) and eps >= 0 and np.isfinite(eps)):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    if (isinstance(eps, bool) or not isinstance(eps, (int, float)) or float32_problem(eps)
+            or not (eps >= 0 and np.isfinite(eps))):
+        raise ValueError(f"eps must be a finite number >= 0 that float32 can hold, got {eps!r}")
     if rewards.dtype == torch.float32:
         infinite = torch.nonzero(torch.isinf(rewards))
         if infinite.numel():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import struct
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -72,15 +73,40 @@ class ModalitySampling:
         return {name: getattr(self, name) for name in SAMPLING_FIELD_NAMES}
 
 
+INT64_MAX = 2**63 - 1
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def float32_problem(value) -> str | None:
+    """What storing the real number `value` as float32 would lose, or None. NaN and +-inf
+    stay what they are (None); a finite value must neither overflow to inf nor round to 0."""
+    try:
+        x = float(value)
+        if not math.isfinite(x):
+            return None
+        stored = struct.unpack("<f", struct.pack("<f", x))[0]  # OverflowError past the range
+    except OverflowError:
+        return f"must fit float32 (magnitude at most {FLOAT32_MAX:.7g})"
+    if stored == 0.0 and x != 0.0:
+        return "must not be so small that float32 rounds it to 0"
+    return None
+
+
 def field_problem(name: str, value) -> str | None:
     """What is wrong with `value` for field `name` (e.g. "must be in (0, 1], got 2"), or None.
-    The rules are the native sampler's parameter check, applied early."""
+    The rules are the native sampler's parameter check, applied early, plus the storage the
+    sampler uses (int64 top_k, float32 otherwise), so no value changes on its way there."""
     if name == "top_k":
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             return f"must be an int >= 0, got {value!r}"
+        if value > INT64_MAX:
+            return f"must be <= {INT64_MAX} (int64), got {value!r}"
         return None if value >= 0 else f"must be >= 0, got {value!r}"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return f"must be a number, got {value!r}"
+    storage = float32_problem(value)
+    if storage:
+        return f"{storage}, got {value!r}"
     if not math.isfinite(value):
         return f"must be finite, got {value!r}"
     rules = {
@@ -97,4 +123,5 @@ SAMPLING_FIELDS = fields(ModalitySampling)  # schema order = native argument ord
 SAMPLING_FIELD_NAMES = tuple(f.name for f in SAMPLING_FIELDS)
 PENALTY_FIELD_NAMES = tuple(f.name for f in SAMPLING_FIELDS if f.metadata["penalty"])
 
-__all__ = ["ModalitySampling", "PENALTY_FIELD_NAMES", "SAMPLING_FIELDS", "SAMPLING_FIELD_NAMES", "field_problem"]
+__all__ = ["ModalitySampling", "PENALTY_FIELD_NAMES", "SAMPLING_FIELDS", "SAMPLING_FIELD_NAMES", "field_problem",
+           "float32_problem"]

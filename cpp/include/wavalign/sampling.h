@@ -15,12 +15,18 @@
 //      uniform u = U(seed, offset[row]): the first id whose cumulative mass exceeds u * total
 // Every filter is a threshold on z, so the kept set is {allowed ids : z >= tau}; no step
 // sorts the vocabulary (only the few candidates that straddle a threshold are ordered).
+// Finite parameters can still overflow float32 in steps 2 and 5 (a penalised logit of an
+// allowed id +inf or NaN, z = +inf, or every allowed z -inf from finite logits): the row
+// then fails with kSampleParameterOverflow instead of being sampled (sample_max_status).
 //
 // C++ never owns tensor memory: every pointer below is allocated by the caller.
 #pragma once
+#include <math.h>
+
 #include <cstdint>
 
 #include "wavalign/dtype.h"
+#include "wavalign/philox.h"  // WAVALIGN_HD
 
 namespace wavalign {
 
@@ -35,7 +41,29 @@ enum SampleStatus : int32_t {
   kSampleBadRange = 6,             // a range has lo < 0, hi > vocab or lo > hi
   kSampleBadParameter = 7,         // temperature < 0, top_p not in (0, 1], min_p not in [0, 1],
                                    // top_k < 0, repetition_penalty <= 0, non-finite value
+  kSampleParameterOverflow = 8,    // finite parameters whose arithmetic overflows float32: a
+                                   // penalised or temperature-scaled logit of an allowed id is
+                                   // +inf or NaN, or the log-normaliser is not finite (every
+                                   // allowed id -inf although one had a finite logit)
 };
+
+// ---- Overflow rules shared by the CPU and CUDA samplers (kSampleParameterOverflow).
+// Raw logits are NaN/+inf-free by the time these run (kSampleNonFiniteLogit), so a NaN or
+// +inf among the processed logits of allowed ids can only come from the parameters.
+
+// A penalised logit the row must not sample from: NaN or +inf.
+WAVALIGN_HD bool sample_value_overflows(float v) { return !(v < INFINITY); }
+
+// Status of a row from the largest processed logit `max_value` of its allowed ids (after
+// penalties; after the division by the temperature unless greedy). finite_before: whether
+// some allowed id has a finite raw logit (read only when max_value is -inf). A finite max
+// is fine; +inf or NaN overflowed; -inf means nothing can be sampled: the caller's own
+// -inf logits (kSampleAllowedAllMasked), or finite logits the parameters pushed to -inf.
+WAVALIGN_HD int32_t sample_max_status(float max_value, bool finite_before) {
+  if (max_value > -INFINITY && max_value < INFINITY) return kSampleOk;
+  if (max_value == -INFINITY && !finite_before) return kSampleAllowedAllMasked;
+  return kSampleParameterOverflow;
+}
 
 struct SampleTokensArgs {
   // logits: [n_rows, vocab] of logits_dtype, row-major contiguous.

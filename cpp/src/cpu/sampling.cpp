@@ -258,17 +258,20 @@ bool merge_ranges(const int64_t* raw, int64_t n_ranges, int64_t vocab, std::vect
 
 // Applies repetition / frequency / presence penalties to the ids in `history`.
 // z holds valid values only inside `ranges`; ids outside are masked, so they are skipped.
-bool apply_penalties(float* z, int64_t vocab, const std::vector<Range>& ranges,
-                     const int64_t* history, int64_t len, float repetition, float presence,
-                     float frequency, std::vector<int64_t>* sorted) {
+// Returns kSampleHistoryIdOutOfRange for a bad id (checked first, for every id),
+// kSampleParameterOverflow when a penalised allowed logit is +inf or NaN, else kSampleOk.
+int32_t apply_penalties(float* z, int64_t vocab, const std::vector<Range>& ranges,
+                        const int64_t* history, int64_t len, float repetition, float presence,
+                        float frequency, std::vector<int64_t>* sorted) {
   sorted->clear();
   for (int64_t i = 0; i < len; ++i) {
     const int64_t id = history[i];
     if (id == -1) continue;
-    if (id < 0 || id >= vocab) return false;
+    if (id < 0 || id >= vocab) return kSampleHistoryIdOutOfRange;
     sorted->push_back(id);
   }
-  if (repetition == 1.0f && presence == 0.0f && frequency == 0.0f) return true;
+  if (repetition == 1.0f && presence == 0.0f && frequency == 0.0f) return kSampleOk;
+  int32_t status = kSampleOk;
   std::sort(sorted->begin(), sorted->end());
   for (size_t i = 0; i < sorted->size();) {
     size_t j = i;
@@ -284,8 +287,9 @@ bool apply_penalties(float* z, int64_t vocab, const std::vector<Range>& ranges,
     v = v - frequency * count;
     v = v - presence;
     z[id] = v;
+    if (sample_value_overflows(v)) status = kSampleParameterOverflow;
   }
-  return true;
+  return status;
 }
 
 // The k-th largest z over the allowed ids (1-based k), using the bucket histogram to
@@ -428,6 +432,22 @@ struct RowResult {
   int32_t status = kSampleOk;
 };
 
+// The caller's row, read again only on the rare path where every processed logit of the
+// allowed ids is -inf, to tell kSampleAllowedAllMasked from kSampleParameterOverflow.
+struct RawRow {
+  const void* data;
+  bool (*any_allowed_finite)(const void* data, const std::vector<Range>& ranges);
+};
+
+template <typename T>
+bool any_allowed_finite(const void* data, const std::vector<Range>& ranges) {
+  const T* x = static_cast<const T*>(data);
+  for (const Range& r : ranges)
+    for (int64_t v = r.lo; v < r.hi; ++v)
+      if (load_as_float(x, v) > -kInf) return true;
+  return false;
+}
+
 bool params_valid(float t, int64_t k, float p, float min_p, float rep, float pres, float freq) {
   return std::isfinite(t) && t >= 0.0f && k >= 0 && std::isfinite(p) && p > 0.0f && p <= 1.0f &&
          std::isfinite(min_p) && min_p >= 0.0f && min_p <= 1.0f && std::isfinite(rep) &&
@@ -436,7 +456,8 @@ bool params_valid(float t, int64_t k, float p, float min_p, float rep, float pre
 
 // Processes row `row` of processed logits already in s.z (penalties applied).
 RowResult sample_processed_row(const SampleTokensArgs& a, int64_t row,
-                               const std::vector<Range>& ranges, RowScratch& s) {
+                               const std::vector<Range>& ranges, const RawRow& raw,
+                               RowScratch& s) {
   RowResult out;
   float* z = s.z.data();
   const float temperature = a.temperature[row];
@@ -446,7 +467,8 @@ RowResult sample_processed_row(const SampleTokensArgs& a, int64_t row,
     for (const Range& r : ranges)
       for (int64_t v = r.lo; v < r.hi; ++v)
         if (z[v] > best) { best = z[v]; out.id = v; }
-    if (out.id < 0) out.status = kSampleAllowedAllMasked;
+    // Penalties left no +inf or NaN (apply_penalties), so only an all -inf row fails.
+    if (out.id < 0) out.status = sample_max_status(best, raw.any_allowed_finite(raw.data, ranges));
     return out;
   }
 
@@ -456,7 +478,9 @@ RowResult sample_processed_row(const SampleTokensArgs& a, int64_t row,
     max_z = std::max(max_z, divide_and_max(z + r.lo, r.hi - r.lo, temperature));
     n_allowed += r.hi - r.lo;
   }
-  if (max_z == -kInf) { out.status = kSampleAllowedAllMasked; return out; }
+  // z = +inf (a finite logit over a tiny temperature), or every z -inf: nothing to draw.
+  out.status = sample_max_status(max_z, max_z == -kInf && raw.any_allowed_finite(raw.data, ranges));
+  if (out.status != kSampleOk) return out;
 
   const int64_t top_k = a.top_k[row];
   const double top_p = a.top_p[row];
@@ -582,14 +606,16 @@ void sample_rows(const SampleTokensArgs& a) {
     const double raw_lse = raw.max + std::log(raw.sum_exp);
     for (const Range& r : ranges) copy_as_float(x + r.lo, r.hi - r.lo, z + r.lo);
 
-    if (!apply_penalties(z, a.vocab, ranges,
-                         a.history ? a.history + row * a.history_len : nullptr,
-                         a.history ? a.history_len : 0, a.repetition_penalty[row],
-                         a.presence_penalty[row], a.frequency_penalty[row], &s.history)) {
-      a.out_status[row] = kSampleHistoryIdOutOfRange;
+    const int32_t penalty_status =
+        apply_penalties(z, a.vocab, ranges, a.history ? a.history + row * a.history_len : nullptr,
+                        a.history ? a.history_len : 0, a.repetition_penalty[row],
+                        a.presence_penalty[row], a.frequency_penalty[row], &s.history);
+    if (penalty_status != kSampleOk) {
+      a.out_status[row] = penalty_status;
       return;
     }
-    const RowResult result = sample_processed_row(a, row, ranges, s);
+    const RowResult result =
+        sample_processed_row(a, row, ranges, RawRow{x, &any_allowed_finite<T>}, s);
     a.out_status[row] = result.status;
     if (result.status != kSampleOk) return;
     a.out_ids[row] = result.id;

@@ -372,6 +372,7 @@ __device__ void sample_row(const SampleTokensArgs& a, int64_t row, RowShared& sh
     // Each distinct id is penalised once, by the thread holding its first occurrence, so
     // no two threads touch the same z. O(H^2 / threads) comparisons, fine for histories
     // of a few thousand tokens.
+    bool overflow = false;  // a penalised allowed logit is +inf or NaN
     for (int64_t j = tid; j < history_len; j += kThreads) {
       const int64_t id = history[j];
       if (id == -1) continue;
@@ -385,9 +386,21 @@ __device__ void sample_row(const SampleTokensArgs& a, int64_t row, RowShared& sh
       v = __fsub_rn(v, __fmul_rn(frequency, static_cast<float>(count)));
       v = __fsub_rn(v, presence);
       z[id] = v;
+      // Like the CPU, only allowed ids count (the others are never read).
+      bool allowed = false;
+      for (int r = 0; r < sh.n_ranges; ++r) allowed |= id >= sh.lo[r] && id < sh.hi[r];
+      overflow |= allowed && sample_value_overflows(v);
     }
-    __syncthreads();
+    if (__syncthreads_or(overflow)) { fail(kSampleParameterOverflow); return; }  // barrier: z written
   }
+
+  // Rare path, block-uniform: every processed logit of the allowed ids is -inf. Were any
+  // of the caller's logits there finite (the parameters overflowed) or not?
+  auto any_allowed_finite = [&]() {
+    bool finite = false;
+    for_each_allowed(sh, [&](int64_t i) { finite |= load_as_float(x, i) > -CUDART_INF_F; });
+    return __syncthreads_or(finite) != 0;
+  };
 
   // 5. greedy: lowest id among the maxima of the allowed ids (each thread's own scan is
   // ascending, so strict > keeps its lowest id; the block then takes the lowest of those)
@@ -399,7 +412,7 @@ __device__ void sample_row(const SampleTokensArgs& a, int64_t row, RowShared& sh
       if (v > best) { best = v; best_id = i; }
     });
     const float block_best = block_reduce(best, MaxF(), sh.red_f);
-    if (block_best == -CUDART_INF_F) { fail(kSampleAllowedAllMasked); return; }
+    if (block_best == -CUDART_INF_F) { fail(sample_max_status(block_best, any_allowed_finite())); return; }
     const long long id =
         block_reduce(best == block_best ? best_id : LLONG_MAX, MinLL(), sh.red_ll);
     finish(kSampleOk, id, 0.0f,
@@ -415,7 +428,11 @@ __device__ void sample_row(const SampleTokensArgs& a, int64_t row, RowShared& sh
     max_z = v > max_z ? v : max_z;
   });
   max_z = block_reduce(max_z, MaxF(), sh.red_f);  // its barriers also publish the z writes
-  if (max_z == -CUDART_INF_F) { fail(kSampleAllowedAllMasked); return; }
+  // z = +inf (a finite logit over a tiny temperature), or every z -inf: nothing to draw.
+  if (!(max_z > -CUDART_INF_F && max_z < CUDART_INF_F)) {
+    fail(sample_max_status(max_z, max_z == -CUDART_INF_F && any_allowed_finite()));
+    return;
+  }
   int64_t n_allowed = 0;
   for (int r = 0; r < sh.n_ranges; ++r) n_allowed += sh.hi[r] - sh.lo[r];
 

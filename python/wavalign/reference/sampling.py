@@ -16,6 +16,10 @@ kept set is always {allowed ids : z >= tau}):
 8. min-p: keep exp(z - max z) >= min_p
 9. draw: u = Philox(seed, offset) in [0, 1); the first id, in ascending id order, whose
    cumulative kept mass exceeds u * total
+
+A row that cannot be sampled gets the native status code (cpp/include/wavalign/sampling.h),
+decided in the native order, and the call raises the native sampler's ValueError for the
+first such row (same words, through wavalign._ops.sample_status_error).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Sequence
 
 import torch
 
+from wavalign._ops import sample_status_error
 from wavalign.reference.philox import philox_uniform
 from wavalign.sampling_params import SAMPLING_FIELDS
 
@@ -47,6 +52,17 @@ def _allowed_mask(allowed_ranges, n: int, vocab: int) -> torch.Tensor:
     lo = ranges[..., 0].unsqueeze(-1)  # [N, R, 1]
     hi = ranges[..., 1].unsqueeze(-1)
     return ((ids >= lo) & (ids < hi)).any(dim=1)
+
+
+def _bad_ranges(allowed_ranges, n: int, vocab: int) -> torch.Tensor:
+    """[N] bool: a range with lo < 0, hi > vocab or lo > hi."""
+    if allowed_ranges is None:
+        return torch.zeros(n, dtype=torch.bool)
+    ranges = torch.as_tensor(allowed_ranges, dtype=torch.int64).cpu()
+    if ranges.dim() == 2:
+        ranges = ranges.unsqueeze(0).expand(n, -1, -1)
+    lo, hi = ranges[..., 0], ranges[..., 1]
+    return ((lo < 0) | (hi > vocab) | (lo > hi)).any(dim=1)
 
 
 def _penalized(x, history, repetition, presence, frequency) -> torch.Tensor:
@@ -73,29 +89,58 @@ def _process(
 
     z: [N, V] float32 processed logits (-inf where not allowed); keep: [N, V] bool kept set.
     """
-    x = logits.detach().cpu().float()
-    n, vocab = x.shape
-    if not torch.isfinite(x).logical_or(x == NEG_INF).all():
-        raise ValueError("reference_sample_tokens: logits contain NaN or +inf")
-    raw_lse = torch.logsumexp(x.double(), dim=-1)
+    raw = logits.detach().cpu().float()
+    n, vocab = raw.shape
+    raw_lse = torch.logsumexp(raw.double(), dim=-1)
 
-    t = _row_values(temperature, n, torch.float32)
-    k = _row_values(top_k, n, torch.int64)
-    p = _row_values(top_p, n, torch.float32).double()
-    mp = _row_values(min_p, n, torch.float32).double()
-    x = _penalized(
-        x, history,
-        _row_values(repetition_penalty, n, torch.float32),
-        _row_values(presence_penalty, n, torch.float32),
-        _row_values(frequency_penalty, n, torch.float32),
-    )
+    params = {
+        "temperature": _row_values(temperature, n, torch.float32),
+        "top_k": _row_values(top_k, n, torch.int64),
+        "top_p": _row_values(top_p, n, torch.float32),
+        "min_p": _row_values(min_p, n, torch.float32),
+        "repetition_penalty": _row_values(repetition_penalty, n, torch.float32),
+        "presence_penalty": _row_values(presence_penalty, n, torch.float32),
+        "frequency_penalty": _row_values(frequency_penalty, n, torch.float32),
+    }
+    t, k = params["temperature"], params["top_k"]
+    p, mp = params["top_p"].double(), params["min_p"].double()
     allowed = _allowed_mask(allowed_ranges, n, vocab)
+
+    # Row statuses in the native order: the first code a row meets is its status.
+    status = torch.zeros(n, dtype=torch.int32)
+
+    def fail(code: int, rows: torch.Tensor) -> None:
+        status.masked_fill_((status == 0) & rows, code)
+
+    fin = torch.isfinite
+    rep, pres, freq = (params[name] for name in ("repetition_penalty", "presence_penalty", "frequency_penalty"))
+    fail(7, ~(fin(t) & (t >= 0) & (k >= 0) & fin(p) & (p > 0) & (p <= 1) & fin(mp) & (mp >= 0) & (mp <= 1)
+              & fin(rep) & (rep > 0) & fin(pres) & fin(freq)))
+    fail(6, _bad_ranges(allowed_ranges, n, vocab))
+    fail(3, ~allowed.any(dim=-1))
+    fail(1, (raw.isnan() | (raw == float("inf"))).any(dim=-1))
+    fail(2, (raw == NEG_INF).all(dim=-1))
+    if history is not None and history.numel():
+        history = history.cpu()
+        bad_ids = (history != -1) & ((history < 0) | (history >= vocab))
+        fail(5, bad_ids.any(dim=-1))
+        history = torch.where(bad_ids, torch.full_like(history, -1), history)  # those rows failed
+    x = _penalized(raw, history, rep, pres, freq)
+    fail(8, (allowed & (x.isnan() | (x == float("inf")))).any(dim=-1))  # a penalty overflowed
     masked = torch.where(allowed, x, torch.full_like(x, NEG_INF))
 
     greedy = t == 0
     greedy_ids = masked.argmax(dim=-1)
     z = masked / torch.where(greedy, torch.ones_like(t), t).unsqueeze(1)
     max_z = z.max(dim=-1).values
+    # +inf / NaN max: overflowed; -inf: the caller's own -inf logits (4) or finite ones the
+    # penalties or the temperature pushed to -inf (8). Mirrors sample_max_status.
+    finite_before = (allowed & (raw > NEG_INF)).any(dim=-1)
+    fail(8, max_z.isnan() | (max_z == float("inf")) | ((max_z == NEG_INF) & finite_before))
+    fail(4, max_z == NEG_INF)
+    error = sample_status_error("reference_sample_tokens", status, params)
+    if error is not None:
+        raise error
     sorted_z = z.sort(dim=-1, descending=True).values
 
     # top-k
@@ -167,9 +212,7 @@ def reference_sample_tokens(
     if offsets is None:
         offsets = torch.arange(n, dtype=torch.int64)
     mass = torch.where(keep, torch.exp(z.double() - max_z.double().unsqueeze(1)), 0.0)
-    total = mass.sum(dim=-1)
-    if (total <= 0).any():
-        raise ValueError("reference_sample_tokens: a row has no allowed finite logit")
+    total = mass.sum(dim=-1)  # > 0 in every row: _process raised for rows without a finite z
     u = philox_uniform(seed, offsets)
     cumulative = mass.cumsum(dim=-1)
     drawn = torch.searchsorted(cumulative, (u * total).unsqueeze(1), right=True).squeeze(1)

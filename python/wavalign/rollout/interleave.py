@@ -12,6 +12,9 @@ Transitions are documented in cpp/include/wavalign/interleave.h; their pure-Pyth
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 
 from wavalign import _ops
@@ -19,16 +22,27 @@ from wavalign.codes import FINISH_NAMES, FINISH_RUNNING, PHASE_SPEECH, PHASE_TEX
 from wavalign.modality import ModalitySpec
 
 
+_INT32_MAX = _ops.INT32[1]
+_BUDGET_RULE = f"budgets must be integers in [-1, {_INT32_MAX}] (int32; -1 = unlimited)"
+
+
 def _budget(value, n: int, name: str, device) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        if value.shape != (n,):
-            raise ValueError(f"{name} must be a number or a [{n}] tensor, got shape {list(value.shape)}")
-        return value.to(device=device, dtype=torch.int32).contiguous()
+    """[n] int32 budgets from a number (or None) or a [n] tensor / numpy array / list; every
+    value is checked to be an integer in [-1, 2**31 - 1] BEFORE the int32 conversion."""
+    if isinstance(value, (torch.Tensor, np.ndarray, list, tuple)):
+        # integral float tensors are accepted as before; list elements must be ints
+        exact = _ops.integer_tensor(value, name, -1, _INT32_MAX, _BUDGET_RULE, device,
+                                    integral_floats=False)
+        if exact.shape != (n,):
+            raise ValueError(f"{name} must be a number or a [{n}] tensor, got shape {list(exact.shape)}")
+        return exact.to(device=device, dtype=torch.int32).contiguous()
     if value is None:
         value = -1
-    if not isinstance(value, int) or value < -1:
-        raise ValueError(f"{name} must be an int >= 0, or -1/None for unlimited, got {value!r}")
-    return torch.full((n,), value, dtype=torch.int32, device=device)
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral)
+            or not -1 <= value <= _INT32_MAX):
+        raise ValueError(f"{name} must be an int >= 0 and <= {_INT32_MAX} (int32), or -1/None for "
+                         f"unlimited, got {value!r}")
+    return torch.full((n,), int(value), dtype=torch.int32, device=device)
 
 
 class InterleaveState:
@@ -72,7 +86,15 @@ class InterleaveState:
         return self.table[self.allowed_set.long()]
 
     def advance(self, sampled: torch.Tensor) -> None:
-        """sampled: [N] int64 ids just emitted; finished rows ignore theirs."""
+        """sampled: [N] int64 ids just emitted (a tensor, an int64 numpy array or a list of
+        ints); finished rows ignore theirs."""
+        if not isinstance(sampled, (torch.Tensor, np.ndarray, list, tuple)):
+            raise TypeError(f"sampled must be a [N] int64 tensor, numpy array or list of ints, "
+                            f"got {type(sampled).__name__}")
+        if isinstance(sampled, (list, tuple)):  # exact: ints only, in int64
+            sampled = _ops.integer_tensor(sampled, "sampled", *_ops.INT64, "ids must be integers (int64)",
+                                          self.state["phase"].device, integral_floats=False)
+        sampled = _ops.as_tensor(sampled, "sampled", torch.int64, self.state["phase"].device)
         self.allowed_set = _ops.interleave_advance(self._config, self.state, sampled.contiguous())
 
     def select(self, rows: torch.Tensor) -> None:
