@@ -57,6 +57,18 @@ def test_logprobs_benchmark_small_run_prints_result():
 
 
 @pytest.mark.slow
+def test_microbatch_benchmark_small_run_prints_result():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_microbatch.py"), "--rows", "16", "--length", "16",
+         "--hidden", "32", "--layers", "1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert re.match(r"RESULT mem_ratio=\d+\.\d+ time_ratio=\d+\.\d+", last), last
+
+
+@pytest.mark.slow
 def test_rollout_benchmark_small_run_prints_result():
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_rollout.py"), "--workload", "qwen2", "--prompts", "2",

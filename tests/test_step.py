@@ -143,3 +143,128 @@ def test_collect_metrics_read_the_batch():
     assert m["rollout/length"] == 2.5 and m["rollout/text_tokens"] == 1.5 and m["rollout/speech_tokens"] == 1.0
     assert m["rollout/eos_fraction"] == 0.5 and m["groups/zero_variance_groups"] == 0.0
     assert collect_metrics(StepBatch(examples=[], group_size=1, spec=None, pad_id=0)) == {}
+
+
+# ---------------------------------------------------------------------------- micro-batches, loss types, PPO
+class IdLogprobs:
+    """logprob_fn with a learnable score per token id: log p(id) = -softplus(theta[id]).
+    Works on any subset of rows, so micro-batches and the whole batch can be compared."""
+
+    def __init__(self, vocab: int = 16, seed: int = 0):
+        torch.manual_seed(seed)
+        self.theta = torch.randn(vocab).requires_grad_(True)
+        self.calls = 0
+
+    def __call__(self, asked: ResponseRows):
+        self.calls += 1
+        return -torch.nn.functional.softplus(self.theta[asked.ids.clamp(max=15)]), asked.types
+
+
+def random_batch(n_prompts=3, group=2, seed=1) -> StepBatch:
+    g = torch.Generator().manual_seed(seed)
+    n = n_prompts * group
+    lengths = torch.randint(2, 7, (n,), generator=g)
+    width = int(lengths.max())
+    ids = torch.randint(0, 15, (n, width), generator=g)
+    valid = torch.arange(width)[None, :] < lengths[:, None]
+    types = torch.where(valid, (ids % 2).to(torch.int8), torch.full_like(ids, -1, dtype=torch.int8))
+    rollouts = ResponseRows([torch.tensor([1, 2])] * n, torch.where(valid, ids, torch.full_like(ids, PAD)), lengths,
+                            types)
+    glen = torch.randint(3, 9, (n_prompts,), generator=g)
+    gw = int(glen.max())
+    gids = torch.randint(0, 15, (n_prompts, gw), generator=g)
+    gvalid = torch.arange(gw)[None, :] < glen[:, None]
+    gold = ResponseRows([torch.tensor([1, 2])] * n_prompts, gids, glen,
+                        torch.where(gvalid, (gids % 2).to(torch.int8), torch.full_like(gids, -1, dtype=torch.int8)))
+    rewards = torch.rand(n_prompts, group, generator=g) * 4 + 1
+    return StepBatch(examples=[TrainExample(str(i), [1, 2]) for i in range(n_prompts)], group_size=group, spec=None,
+                     pad_id=PAD, rows=rollouts, sampling_logprobs=torch.zeros(n, width),
+                     finish_reasons=["eos", "length"] * (n // 2), rewards=rewards, stats=ops.group_stats(rewards),
+                     gold=gold)
+
+
+def grads(batch, config, backward: bool, fn=None):
+    fn = fn or IdLogprobs()
+    gate = AdaptiveGate(GateConfig(mode="fixed", fixed_lambda=0.6))
+    if backward:
+        loss, metrics = hybrid_step(batch, fn, gate, config, backward=lambda term: term.backward())
+    else:
+        loss, metrics = hybrid_step(batch, fn, gate, config)
+        loss.backward()
+    return fn.theta.grad.clone(), float(loss.detach()), metrics, fn.calls
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "bnpo"])
+@pytest.mark.parametrize("micro", [1, 2, 4])
+def test_micro_batches_give_the_one_batch_gradient_for_each_loss_type(loss_type, micro):
+    base = [f"objective.loss_type={loss_type}", "objective.mask_truncated_completions=true"]
+    whole = TrainConfig.load(None, base)
+    split = TrainConfig.load(None, base + [f"optim.micro_batch_size={micro}"])
+    g_whole, l_whole, m_whole, _ = grads(random_batch(), whole, backward=False)
+    g_split, l_split, m_split, calls = grads(random_batch(), split, backward=True)
+    assert calls == -(-9 // micro)  # 6 rollouts + 3 gold rows, micro-batch by micro-batch
+    torch.testing.assert_close(g_split, g_whole, rtol=1e-5, atol=1e-7)
+    assert l_split == pytest.approx(l_whole, rel=1e-5, abs=1e-7)
+    assert m_split["rl/scope_tokens"] == m_whole["rl/scope_tokens"] and m_split["rl/truncated_masked"] == 3.0
+
+
+def test_loss_type_normalisers_by_hand():
+    """One prompt, G = 2, advantages +-a, text scope, rows of 2 and 1 text tokens (see batch())."""
+    a = 2.0 / (2.0 + 1e-4)
+    expected = {"grpo": [-a / 4, -a / 4, a / 2],  # per-sequence mean, then mean over 2 rows
+                "bnpo": [-a / 3, -a / 3, a / 3],  # mean over the 3 in-scope tokens
+                "dr_grpo": [-a / 320, -a / 320, a / 320]}  # sum / (2 rows x 160 max_new_tokens)
+    for loss_type, (d00, d01, d10) in expected.items():
+        fn = TableLogprobs(2)
+        loss, _ = hybrid_step(batch(), fn, None, TrainConfig.load(None, ["mode=grpo", f"objective.loss_type={loss_type}"]))
+        loss.backward()
+        torch.testing.assert_close(fn.table.grad[0, :2], torch.tensor([d00, d01]), rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(fn.table.grad[1, 0], torch.tensor(d10), rtol=1e-5, atol=1e-8)
+    # dapo: the normaliser is the global token count over ranks, divided by the rank count
+    b = batch()
+    b.global_pg_tokens, b.world_size = 12.0, 2  # e.g. another rank held 9 more tokens
+    fn = TableLogprobs(2)
+    loss, _ = hybrid_step(b, fn, None, TrainConfig.load(None, ["mode=grpo", "objective.loss_type=dapo"]))
+    loss.backward()
+    torch.testing.assert_close(fn.table.grad[0, 0], torch.tensor(-a / 6), rtol=1e-5, atol=1e-8)
+
+
+def test_masked_truncated_completions_get_no_rl_gradient():
+    fn = TableLogprobs(2)
+    config = TrainConfig.load(None, ["mode=grpo", "objective.mask_truncated_completions=true"])
+    loss, metrics = hybrid_step(batch(), fn, None, config)  # sample 1 finished by length
+    loss.backward()
+    assert metrics["rl/truncated_masked"] == 1.0
+    assert float(fn.table.grad[1].abs().sum()) == 0.0 and float(fn.table.grad[0].abs().sum()) > 0
+
+
+def test_scale_rewards_batch_and_none():
+    from wavalign.train.step import group_statistics
+
+    rewards = torch.tensor([[5.0, 1.0], [2.0, 2.0 + 2.0]])
+    none = group_statistics(rewards, TrainConfig.load(None, ["objective.scale_rewards=none"]).objective)
+    torch.testing.assert_close(none.advantages, torch.tensor([[2.0, -2.0], [-1.0, 1.0]]))
+    batched = group_statistics(rewards, TrainConfig.load(None, ["objective.scale_rewards=batch"]).objective)
+    std = float(rewards.flatten().std(unbiased=False))  # population std of all four rewards
+    torch.testing.assert_close(batched.advantages, torch.tensor([[2.0, -2.0], [-1.0, 1.0]]) / (std + 1e-4))
+
+
+def test_ppo_clip_starts_at_ratio_one_and_clips_after_a_move():
+    b, fn = batch(), TableLogprobs(2)
+    config = TrainConfig.load(None, ["mode=grpo", "rollout.num_iterations=2", "objective.epsilon=0.1",
+                                     "objective.epsilon_high=0.3"])
+    b.old_logprobs = fn.table.detach().clone()  # the behaviour policy is the current one
+    loss, metrics = hybrid_step(b, fn, None, config)
+    assert metrics["rl/clip_fraction"] == 0.0  # ratio 1 everywhere at the first inner step
+    loss.backward()
+    expected = torch.zeros(2, 3)
+    a = 2.0 / (2.0 + 1e-4)
+    expected[0, :2], expected[1, 0] = -a / 4, a / 2  # the on-policy gradient
+    torch.testing.assert_close(fn.table.grad, expected, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():  # move sample 0's first token up by log 2: ratio 2 > 1 + 0.3 with A > 0
+        fn.table[0, 0] += math.log(2.0)
+    fn.table.grad = None
+    loss, metrics = hybrid_step(b, fn, None, config)
+    loss.backward()
+    assert float(fn.table.grad[0, 0]) == 0.0 and float(fn.table.grad[0, 1]) != 0.0  # clipped, not clipped
+    assert metrics["rl/clip_fraction_text"] == pytest.approx(1 / 3)

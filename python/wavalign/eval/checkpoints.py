@@ -12,6 +12,7 @@ import torch
 from wavalign.eval.core import PolicyEvaluator, build_evaluator
 from wavalign.modality import ModalitySpec, resolve_spec
 from wavalign.train import checkpoint as ckpt
+from wavalign.train import lora
 from wavalign.train.config import TrainConfig
 from wavalign.train.data import world_examples
 
@@ -28,7 +29,8 @@ class Target:
 
 def resolve_target(name: str, world=None) -> Target:
     """'base' (the world's policy), a run directory (its latest checkpoint), a checkpoint
-    directory (config.json + weights) or a result JSON from an earlier evaluation."""
+    directory (config.json + weights, or a LoRA adapter: adapter_config.json) or a result JSON
+    from an earlier evaluation."""
     if name == "base":
         if world is None:
             raise ValueError("'base' is the built-in world's policy; it needs the world")
@@ -46,7 +48,7 @@ def resolve_target(name: str, world=None) -> Target:
         if not isinstance(saved, dict) or "records" not in saved:
             raise ValueError(f"{path}: has no per-prompt 'records'; write it with `python -m wavalign.eval --out`")
         return Target(saved.get("target", path.stem), saved=saved)
-    if (path / "config.json").is_file():  # a checkpoint: runs/<name>/checkpoints/step_N
+    if (path / "config.json").is_file() or lora.is_adapter_dir(path):  # a checkpoint: runs/<name>/checkpoints/step_N
         run_config = path.parent.parent / "config.yaml"
         return Target(str(path), model_dir=path, run_config=run_config if run_config.is_file() else None)
     if (path / "checkpoints").is_dir():  # a run directory
@@ -55,7 +57,8 @@ def resolve_target(name: str, world=None) -> Target:
             raise FileNotFoundError(f"{path}/checkpoints has no complete checkpoint")
         run_config = path / "config.yaml"
         return Target(str(path), model_dir=latest, run_config=run_config if run_config.is_file() else None)
-    raise ValueError(f"{path} is neither a checkpoint (no config.json) nor a run directory (no checkpoints/)")
+    raise ValueError(f"{path} is neither a checkpoint (no config.json or adapter_config.json) nor a run directory "
+                     f"(no checkpoints/)")
 
 
 def load_world_for(config: TrainConfig):
@@ -66,9 +69,13 @@ def load_world_for(config: TrainConfig):
 
 
 def load_model(model_dir: Path, device: torch.device, dtype: torch.dtype = torch.float32):
-    """-> (policy in eval mode, its ModalitySpec, resolved as the trainer resolves a model directory)."""
+    """-> (policy in eval mode, its ModalitySpec, resolved as the trainer resolves a model directory).
+    A LoRA adapter directory (adapter_config.json) loads its base (base_model_name_or_path)
+    with the adapter on top, as it was trained."""
     from transformers import AutoModelForCausalLM
 
+    if lora.is_adapter_dir(model_dir):
+        return lora.load_adapter_model(model_dir, device, dtype).eval(), resolve_spec(model_dir)
     policy = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device).eval()
     return policy, resolve_spec(model_dir)
 

@@ -10,6 +10,7 @@ batch (their cache rows are dropped), so the cost of a step tracks the live rows
 from __future__ import annotations
 
 import inspect
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -22,6 +23,19 @@ from wavalign.rollout.interleave import InterleaveState
 from wavalign.sampling_params import PENALTY_FIELD_NAMES, SAMPLING_FIELDS, ModalitySampling
 
 _STEP_STRIDE = 1 << 20  # offsets: sample_id * stride + step -> one Philox stream per sample
+_INT32_MAX = 2**31 - 1  # the interleave state's budgets are int32
+_INT64_MAX = 2**63 - 1  # offsets are int64
+
+
+def _budget_problem(value, *, optional: bool, lowest: int) -> str | None:
+    """Why `value` is not a token budget the int32 interleave state holds exactly, or None."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return f"must be an int{' or None' if optional else ''}, got {value!r}"
+    if not lowest <= value <= _INT32_MAX:
+        return f"must be in [{lowest}, {_INT32_MAX}] (int32){' or None' if optional else ''}, got {value!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -34,8 +48,15 @@ class SamplingParams:
     seed: int = 0
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
+        if (isinstance(self.max_new_tokens, numbers.Integral) and not isinstance(self.max_new_tokens, bool)
+                and self.max_new_tokens < 1):
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        # Checked here, before the interleave state narrows them to int32 (-1 = unlimited).
+        for name, optional, lowest in (("max_new_tokens", False, 1), ("max_text_tokens", True, -1),
+                                       ("max_speech_tokens", True, -1)):
+            problem = _budget_problem(getattr(self, name), optional=optional, lowest=lowest)
+            if problem:
+                raise ValueError(f"SamplingParams.{name} {problem}")
 
 
 @dataclass
@@ -53,6 +74,10 @@ class Rollout:
     # Seconds: prefill_s, decode_s (= forward_s + sample_s + bookkeeping_s), total_s; and
     # decode_steps. On CUDA the split is exact only with RolloutEngine(profile=True).
     timings: dict[str, float]
+    # What each token was sampled under, so training can score it under the same distribution
+    # (temperature of its phase, ids of its allowed set): [R, L] int8, -1 past the end.
+    phases: torch.Tensor | None = None  # interleave phase (0 text, 1 speech, 2 closing)
+    allowed_sets: torch.Tensor | None = None  # row of ModalitySpec.interleave_table()
 
 
 def _penalties_active(params: SamplingParams) -> bool:
@@ -92,8 +117,10 @@ class RolloutEngine:
         self.spec = spec
         self.pad_id = pad_id if pad_id is not None else (spec.pad if spec.pad is not None else 0)
         self.profile = profile
-        # transformers 5 renamed `past_key_values` to `cache`; accept either generation.
-        parameters = inspect.signature(model.forward).parameters
+        # transformers 5 renamed `past_key_values` to `cache`; accept either generation. A
+        # PeftModel (LoRA) forwards keyword arguments to its model: ask that model's forward.
+        inner = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+        parameters = inspect.signature(inner.forward).parameters
         self._cache_arg = "cache" if "cache" in parameters else "past_key_values"
         # Prefill needs logits at the last prompt position only; models that take
         # logits_to_keep skip the LM head (V columns) for every other position.
@@ -156,6 +183,10 @@ class RolloutEngine:
         for index, p in enumerate(prompts):
             if int(p.min()) < 0 or int(p.max()) >= vocab:
                 raise ValueError(f"prompt {index} holds ids outside [0, {vocab})")
+        last_offset = (first_row + len(prompts) * n - 1) * _STEP_STRIDE + params.max_new_tokens - 1
+        if last_offset > _INT64_MAX:  # the int64 offsets would wrap around
+            raise ValueError(f"first_row={first_row} is too large: the Philox offsets (first_row + row) * "
+                             f"2**20 + step must fit int64")
 
         start = time.perf_counter()
         logits, cache, mask, last_position = self._prefill(prompts)
@@ -176,6 +207,8 @@ class RolloutEngine:
         out_ids = torch.full((rows, params.max_new_tokens), self.pad_id, dtype=torch.int64)
         out_lp = torch.zeros((rows, params.max_new_tokens), dtype=torch.float32)
         out_raw = torch.zeros((rows, params.max_new_tokens), dtype=torch.float32)
+        out_phase = torch.full((rows, params.max_new_tokens), -1, dtype=torch.int8)
+        out_set = torch.full((rows, params.max_new_tokens), -1, dtype=torch.int8)
         lengths = torch.zeros(rows, dtype=torch.int64)
         reasons = ["length"] * rows
         # Penalty history: [live rows, max_new_tokens], -1 = not yet generated (the sampler
@@ -196,8 +229,10 @@ class RolloutEngine:
                 offsets=(live + first_row) * _STEP_STRIDE + step,
             )
             clock.lap("sample_s")
-            state.advance(sample.ids)
             cpu_rows = live.cpu()
+            out_phase[cpu_rows, step] = state.phase.to("cpu", torch.int8, copy=True)  # before advance updates it
+            out_set[cpu_rows, step] = state.allowed_set.to("cpu", torch.int8, copy=True)
+            state.advance(sample.ids)
             out_ids[cpu_rows, step] = sample.ids.cpu()
             out_lp[cpu_rows, step] = sample.logprobs.cpu()
             out_raw[cpu_rows, step] = sample.raw_logprobs.cpu()
@@ -246,4 +281,5 @@ class RolloutEngine:
             finish_reasons=reasons,
             timings={"prefill_s": prefill_seconds, "decode_s": decode_seconds, **clock.totals,
                      "decode_steps": steps, "total_s": time.perf_counter() - start},
+            phases=out_phase[:, :width], allowed_sets=out_set[:, :width],
         )

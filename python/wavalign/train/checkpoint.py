@@ -6,6 +6,10 @@
         rank_0.pt ...        each process's RNG states
     runs/<name>/checkpoints/latest       name of the newest complete checkpoint
 
+A LoRA run (model.lora) writes the adapter instead of config.json + model.safetensors: the
+PeftModel's save_pretrained gives adapter_config.json (base_model_name_or_path: the base
+directory) + adapter_model.safetensors; `python -m wavalign.train.export` merges it.
+
 Everything is written into a hidden staging directory first and renamed into place, and
 `latest` is replaced atomically after that, so a crash (even SIGKILL) mid-save leaves the
 previous checkpoint intact and `latest` never points at a partial one. State is loaded with
@@ -46,7 +50,8 @@ def set_rng_state(state: dict) -> None:
 def save_checkpoint(root: Path, step: int, *, model, tokenizer, extra_files: dict[str, str],
                     trainer_state: dict, rank_states: list[dict], keep: int, state_dict: dict | None = None) -> Path:
     """Write checkpoint `step` under root atomically; prune to the newest `keep`. -> its path.
-    state_dict: the full weights when the model's own parameters are shards (FSDP2)."""
+    state_dict: the full weights when the model's own parameters are shards (FSDP2); for a
+    PeftModel, its adapter parameters (full tensors) under their parameter names."""
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"
     final = root / name

@@ -22,14 +22,18 @@ import yaml
 from wavalign.sampling_params import ModalitySampling
 from wavalign.train.gate import GateConfig
 from wavalign.train.rewards import REWARD_KINDS
+from wavalign.train.run_log import TRACKERS
 from wavalign.train.losses import DPO_LOSS_TYPES, EMPTY_SCOPE, PG_NORMALIZATIONS, SCOPES, SFT_NORMALIZATIONS
 from wavalign.yaml_config import load_mapping, safe_load  # noqa: F401  (safe_load re-exported)
 
 MODES = ("hybrid", "grpo", "sft", "dpo")
 DTYPES = ("float32", "bfloat16", "float16")
-DATA_SOURCES = ("world", "jsonl")
+DATA_SOURCES = ("world", "jsonl", "hf_dataset")
 DATA_FORMATS = ("auto", "wavalign", "public")
 ADVANTAGES = ("grpo", "dr_grpo", "rloo")
+# objective.loss_type -> the policy-gradient normalisation it uses (losses.PG_NORMALIZATIONS)
+LOSS_TYPES = {"grpo": "sequence_mean", "dr_grpo": "constant", "dapo": "constant", "bnpo": "token_mean"}
+SCALE_REWARDS = ("group", "batch", "none")
 SCHEDULES = ("cosine", "linear", "constant")
 PAIR_SOURCES = ("auto", "offline", "rollout", "gold")
 STRATEGIES = ("ddp", "fsdp2")
@@ -70,6 +74,27 @@ def _type_weights(value, name: str) -> None:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """model.lora: train low-rank adapters (PEFT's LoRA) instead of the full weights. The
+    reference for DPO / a KL penalty is then the base with its adapters disabled."""
+
+    r: int = 8  # adapter rank
+    alpha: float = 16.0  # scaling alpha / r
+    dropout: float = 0.0  # dropout on the adapter input (training only)
+    target_modules: tuple | str = "all-linear"  # module names (e.g. [q_proj, v_proj]) or "all-linear"
+
+    def validate(self) -> None:
+        _positive(self.r, "model.lora.r", integer=True)
+        _positive(self.alpha, "model.lora.alpha")
+        _check(isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool)
+               and 0.0 <= self.dropout < 1.0, f"model.lora.dropout must be a number in [0, 1), got {self.dropout!r}")
+        names = self.target_modules
+        _check(names == "all-linear" or (isinstance(names, (list, tuple)) and len(names) > 0
+                                         and all(isinstance(n, str) and n for n in names)),
+               f"model.lora.target_modules must be 'all-linear' or a non-empty list of module names, got {names!r}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     path: str = "world"  # "world": the built-in world's policy; else a local Hugging Face model directory
     dtype: str = "float32"
@@ -77,9 +102,14 @@ class ModelConfig:
     modality: str | None = None
     schedule: dict | None = None  # overrides the spec's interleave schedule, e.g. {kind: chunked, text: 13, speech: 26}
     gradient_checkpointing: bool = False
+    lora: LoraConfig | None = None  # None: train every weight; {r, alpha, dropout, target_modules}: LoRA (peft)
 
     def validate(self) -> None:
         _one_of(self.dtype, DTYPES, "model.dtype")
+        if self.lora is not None:
+            _check(isinstance(self.lora, LoraConfig), "model.lora must be a mapping {r, alpha, dropout, "
+                                                      "target_modules} or null")
+            self.lora.validate()
         if self.schedule is not None:
             from wavalign.modality import Schedule
 
@@ -92,10 +122,15 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "world"  # world: the built-in world's splits; jsonl: train_path / eval_path
+    source: str = "world"  # world: the built-in world's splits; jsonl: train_path / eval_path; hf_dataset: path
     world: str = "default"  # default | fast | a WorldConfig YAML file
     train_path: str | None = None
     eval_path: str | None = None
+    # hf_dataset (needs the [datasets] extra): a save_to_disk directory, a directory of data files
+    # (parquet, json, csv, ...; splits from the file names) or one data file (its one split is "train")
+    path: str | None = None
+    split: str = "train"
+    eval_split: str | None = None  # e.g. "test"; None: no evaluation examples
     format: str = "auto"  # auto | wavalign (docs/data_format.md) | public (the WavAlign release's records)
     skip_bad_lines: bool = False  # skip (and count) malformed records instead of failing at file:line
     max_prompt_tokens: int = 2048
@@ -106,6 +141,13 @@ class DataConfig:
         _positive(self.max_prompt_tokens, "data.max_prompt_tokens", integer=True)
         if self.source == "jsonl":
             _check(bool(self.train_path), "data.train_path is required when data.source is 'jsonl'")
+        if self.source == "hf_dataset":
+            _check(isinstance(self.path, str) and self.path != "",
+                   "data.path is required when data.source is 'hf_dataset' (a datasets.save_to_disk directory, "
+                   "a directory of data files or one data file)")
+        _check(isinstance(self.split, str) and self.split != "", f"data.split must be a split name, got {self.split!r}")
+        _check(self.eval_split is None or (isinstance(self.eval_split, str) and self.eval_split != ""),
+               f"data.eval_split must be a split name or null, got {self.eval_split!r}")
 
 
 def _text_sampling() -> ModalitySampling:
@@ -128,12 +170,14 @@ _FLAT_ROLLOUT_KEYS = {"temperature": ("text", "temperature"), "top_p": ("text", 
 class RolloutConfig:
     group_size: int = 4  # G samples per prompt
     max_new_tokens: int = 160
+    num_iterations: int = 1  # PPO inner epochs: updates per batch of rollouts (behaviour log-probs stored)
     text: ModalitySampling = field(default_factory=_text_sampling)  # text-token sampling (all seven fields)
     speech: SpeechSampling = field(default_factory=SpeechSampling)  # speech-token sampling; None = as text
 
     def validate(self) -> None:
         _positive(self.group_size, "rollout.group_size", integer=True)
         _positive(self.max_new_tokens, "rollout.max_new_tokens", integer=True)
+        _positive(self.num_iterations, "rollout.num_iterations", integer=True)
         _check(isinstance(self.text, ModalitySampling), "rollout.text must be a mapping of sampling fields")
         try:
             self.speech_sampling
@@ -222,7 +266,23 @@ class ObjectiveConfig:
     rl_type_weights: tuple | None = None  # (text, speech), overrides rl_scope
     sft_scope: str = "all"  # the public launch script anchors every gold token
     sft_type_weights: tuple | None = None
-    pg_normalization: str = "sequence_mean"
+    # How the RL term is normalised (TRL's names): grpo = per-sequence token mean, then mean
+    # over sequences; dr_grpo = sum / (rows x rollout.max_new_tokens); dapo = token mean over
+    # the global batch (token counts summed over ranks and accumulation steps); bnpo = token
+    # mean over this rank's batch.
+    loss_type: str = "grpo"
+    # Advantage scale (advantage grpo): group = (r - group mean) / (group std + eps); batch =
+    # (r - group mean) / (std of the whole global batch + eps); none = r - group mean.
+    scale_rewards: str = "group"
+    mask_truncated_completions: bool = False  # completions cut by max_new_tokens get no RL gradient
+    epsilon: float = 0.2  # PPO clip (used when rollout.num_iterations > 1): ratio in [1 - eps, 1 + eps_high]
+    epsilon_high: float | None = None  # None: same as epsilon
+    # Which distribution rollout tokens are scored under in the RL term: raw = the model's
+    # softmax at temperature 1 over the whole vocabulary (this project's default so far);
+    # sampling = the distribution the sampler drew from (each token's phase temperature,
+    # softmax over its interleave set's ids), as TRL scores at the rollout temperature.
+    # top-k / top-p / min-p / penalties are not reproduced.
+    logprobs: str = "raw"
     sft_normalization: str = "token_mean"
     advantage: str = "grpo"
     advantage_std: str = "population"
@@ -236,8 +296,18 @@ class ObjectiveConfig:
         _one_of(self.sft_scope, tuple(SCOPES), "objective.sft_scope")
         _type_weights(self.rl_type_weights, "objective.rl_type_weights")
         _type_weights(self.sft_type_weights, "objective.sft_type_weights")
-        _one_of(self.pg_normalization, tuple(n for n in PG_NORMALIZATIONS if n != "constant"),
-                "objective.pg_normalization")
+        _one_of(self.loss_type, tuple(LOSS_TYPES), "objective.loss_type")
+        _one_of(self.logprobs, ("raw", "sampling"), "objective.logprobs")
+        _one_of(self.scale_rewards, SCALE_REWARDS, "objective.scale_rewards")
+        _check(self.scale_rewards == "group" or self.advantage == "grpo",
+               f"objective.scale_rewards={self.scale_rewards!r} applies to objective.advantage 'grpo' only, "
+               f"not {self.advantage!r}")
+        _check(isinstance(self.mask_truncated_completions, bool),
+               f"objective.mask_truncated_completions must be true or false, got {self.mask_truncated_completions!r}")
+        _check(isinstance(self.epsilon, (int, float)) and not isinstance(self.epsilon, bool) and 0 < self.epsilon < 1,
+               f"objective.epsilon must be in (0, 1), got {self.epsilon!r}")
+        if self.epsilon_high is not None:
+            _positive(self.epsilon_high, "objective.epsilon_high")
         _one_of(self.sft_normalization, SFT_NORMALIZATIONS, "objective.sft_normalization")
         _one_of(self.advantage, ADVANTAGES, "objective.advantage")
         _one_of(self.advantage_std, ("population", "sample"), "objective.advantage_std")
@@ -280,6 +350,10 @@ class OptimConfig:
     betas: tuple = (0.9, 0.95)
     weight_decay: float = 0.0
     grad_clip: float = 1.2  # 0 = no clipping
+    # rows (rollouts + gold, stacked) per forward/backward; 0 = all rows at once. Losses are
+    # normalised over the whole step, so the gradient equals the one-batch gradient.
+    micro_batch_size: int = 0
+    gradient_accumulation_steps: int = 1  # prompt batches (optim.prompts_per_step each) per optimizer step
 
     def validate(self) -> None:
         _positive(self.steps, "optim.steps", integer=True)
@@ -293,6 +367,8 @@ class OptimConfig:
                f"optim.betas must be two numbers in [0, 1), got {self.betas!r}")
         _positive(self.weight_decay, "optim.weight_decay", allow_zero=True)
         _positive(self.grad_clip, "optim.grad_clip", allow_zero=True)
+        _positive(self.micro_batch_size, "optim.micro_batch_size", integer=True, allow_zero=True)
+        _positive(self.gradient_accumulation_steps, "optim.gradient_accumulation_steps", integer=True)
 
 
 @dataclass(frozen=True)
@@ -319,7 +395,11 @@ class RunConfig:
     seed: int = 0
     save_every: int = 50  # checkpoint every N steps (0 = only at the end)
     keep_checkpoints: int = 2
-    tensorboard: bool = True
+    # where scalars go besides metrics.jsonl (always written): tensorboard, wandb, trackio, mlflow
+    report_to: tuple = ("tensorboard",)
+    tensorboard: bool = True  # false drops "tensorboard" from report_to (the older switch, kept)
+    project: str = "wavalign"  # the wandb / trackio project, the mlflow experiment
+    log_completions_every: int = 0  # every N steps write completions/step_N.jsonl (+ WAVs); 0 = never
     plots: bool = True
     progress: bool = True
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
@@ -334,16 +414,35 @@ class RunConfig:
         _positive(self.keep_checkpoints, "run.keep_checkpoints", integer=True)
         _one_of(self.device, ("auto", "cpu", "cuda"), "run.device")
         _positive(self.threads, "run.threads", integer=True, allow_zero=True)
+        _check(isinstance(self.report_to, (list, tuple)) and all(isinstance(t, str) for t in self.report_to),
+               f"run.report_to must be a list drawn from {TRACKERS}, e.g. [tensorboard, wandb], got {self.report_to!r}")
+        for tracker in self.report_to:
+            _one_of(tracker, TRACKERS, "run.report_to")
+        _check(len(set(self.report_to)) == len(self.report_to), f"run.report_to repeats a tracker: {self.report_to!r}")
+        _check(isinstance(self.tensorboard, bool), f"run.tensorboard must be true or false, got {self.tensorboard!r}")
+        _check(isinstance(self.project, str) and self.project != "", f"run.project must be a non-empty string, got "
+                                                                        f"{self.project!r}")
+        _positive(self.log_completions_every, "run.log_completions_every", integer=True, allow_zero=True)
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        """report_to, less "tensorboard" when run.tensorboard is false."""
+        return tuple(t for t in self.report_to if t != "tensorboard" or self.tensorboard)
 
 
 @dataclass(frozen=True)
 class DistributedConfig:
     strategy: str = "ddp"  # under torchrun: ddp, or fsdp2 (parameters sharded) for large models
     backend: str = "auto"  # auto: nccl on GPU, gloo on CPU
+    cpu_offload: bool = False  # fsdp2: keep parameters, gradients and optimizer state on the CPU between uses
 
     def validate(self) -> None:
         _one_of(self.strategy, STRATEGIES, "distributed.strategy")
         _one_of(self.backend, ("auto", "nccl", "gloo"), "distributed.backend")
+        _check(isinstance(self.cpu_offload, bool), f"distributed.cpu_offload must be true or false, "
+                                                   f"got {self.cpu_offload!r}")
+        _check(not self.cpu_offload or self.strategy == "fsdp2",
+               "distributed.cpu_offload needs distributed.strategy=fsdp2")
 
 
 @dataclass(frozen=True)
@@ -366,8 +465,13 @@ class TrainConfig:
         for section in ("model", "data", "rollout", "rewards", "objective", "dpo", "optim", "eval", "run",
                         "distributed"):
             getattr(self, section).validate()
+        if self.objective.logprobs == "sampling":
+            for section, sampling in (("text", self.rollout.text_sampling), ("speech", self.rollout.speech_sampling)):
+                _check(sampling.temperature > 0, f"objective.logprobs=sampling scores tokens at their sampling "
+                                                 f"temperature; rollout.{section}.temperature must be > 0")
         if self.mode == "dpo" and self.dpo.pairs == "offline":
-            _check(self.data.source == "jsonl", "dpo.pairs 'offline' reads rejected responses from JSONL data")
+            _check(self.data.source in ("jsonl", "hf_dataset"),
+                   "dpo.pairs 'offline' reads rejected responses from JSONL or hf_dataset data")
 
     # ------------------------------------------------------------------ building
     @property
@@ -395,6 +499,22 @@ class TrainConfig:
 
     def to_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _upgrade_pg_normalization(data: dict, where: str) -> dict:
+    """objective.pg_normalization of earlier versions -> objective.loss_type (with a warning)."""
+    data = dict(data)
+    value = data.pop("pg_normalization")
+    mapping = {"sequence_mean": "grpo", "token_mean": "bnpo"}
+    if value not in mapping:
+        raise ConfigError(f"{where}.pg_normalization is replaced by {where}.loss_type "
+                          f"({', '.join(LOSS_TYPES)}); got {value!r}")
+    if "loss_type" in data and data["loss_type"] != mapping[value]:
+        raise ConfigError(f"{where}.pg_normalization and {where}.loss_type disagree; give only {where}.loss_type")
+    data["loss_type"] = mapping[value]
+    warnings.warn(f"{where}.pg_normalization is deprecated; use {where}.loss_type={mapping[value]}",
+                  DeprecationWarning, stacklevel=3)
+    return data
 
 
 def apply_override(data: dict, override: str) -> None:
@@ -435,6 +555,8 @@ def _build(cls, data: Any, where: str):
         raise ConfigError(f"{label} must be a mapping, got {type(data).__name__}")
     if cls is RolloutConfig:
         data = _upgrade_rollout(data, label)
+    if cls is ObjectiveConfig and "pg_normalization" in data:
+        data = _upgrade_pg_normalization(data, label)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -469,7 +591,7 @@ def _build(cls, data: Any, where: str):
 
 
 _NESTED = {
-    (TrainConfig, "model"): ModelConfig, (TrainConfig, "data"): DataConfig,
+    (TrainConfig, "model"): ModelConfig, (ModelConfig, "lora"): LoraConfig, (TrainConfig, "data"): DataConfig,
     (TrainConfig, "rollout"): RolloutConfig, (TrainConfig, "rewards"): RewardsConfig,
     (RolloutConfig, "text"): ModalitySampling, (RolloutConfig, "speech"): SpeechSampling,
     (TrainConfig, "objective"): ObjectiveConfig, (TrainConfig, "gate"): GateConfig,

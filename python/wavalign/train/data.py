@@ -1,4 +1,5 @@
-"""Training examples: prompts, gold responses and reward columns, from the world or JSONL.
+"""Training examples: prompts, gold responses and reward columns, from the world, JSONL or a
+local Hugging Face dataset (``datasets``, the ``[datasets]`` extra).
 
 Two record formats are read (docs/data_format.md):
 
@@ -11,8 +12,8 @@ Two record formats are read (docs/data_format.md):
   reward columns. Audio files are turned into speech units by the run's audio tokenizer (the
   built-in world ships one; real models' speech tokenizers are not bundled).
 
-A malformed record fails naming ``file:line`` and the problem, or, with
-``skip_bad_lines``, is skipped and counted.
+A malformed record fails naming ``file:line`` (``dataset[split][index]`` for a HF dataset)
+and the problem, or, with ``skip_bad_lines``, is skipped and counted.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 
@@ -183,31 +184,105 @@ def _str(value, name: str, optional: bool = False) -> str | None:
     return value
 
 
-def load_jsonl_examples(path: str | Path, convert: RecordConverter, *, skip_bad_lines: bool = False
-                        ) -> tuple[list[TrainExample], int]:
-    """-> (examples, number of skipped bad lines). Errors name file:line."""
-    path = Path(path)
+def _convert_records(records: Iterable[tuple[str, int, dict | ValueError]], convert: RecordConverter, *,
+                     skip_bad_lines: bool, label: str) -> tuple[list[TrainExample], int]:
+    """records: (where, index, record, or a ValueError already naming where) -> (examples, skipped).
+    A bad record raises ValueError("<where>: <problem>"), or with skip_bad_lines is skipped and counted."""
     examples, skipped = [], 0
-    for number, record in iter_jsonl(path):
+    for where, index, record in records:
         try:
-            if isinstance(record, ValueError):  # not JSON: already names file:line
+            if isinstance(record, ValueError):  # e.g. a line that is not JSON
                 raise record
             try:
-                example = convert(record, number)
-                example.where = f"{path}:{number}"
-                examples.append(example)
+                example = convert(record, index)
             except (TypeError, ValueError) as error:
-                raise ValueError(f"{path}:{number}: {error}") from None
+                raise ValueError(f"{where}: {error}") from None
+            example.where = where
+            examples.append(example)
         except ValueError as error:
             if not skip_bad_lines:
                 raise
             skipped += 1
             log.warning("skipping %s", error)
     if skipped:
-        log.warning("%s: skipped %d bad line(s)", path, skipped)
+        log.warning("%s: skipped %d bad record(s)", label, skipped)
     if not examples:
-        raise ValueError(f"{path}: no usable records")
+        raise ValueError(f"{label}: no usable records")
     return examples, skipped
+
+
+def load_jsonl_examples(path: str | Path, convert: RecordConverter, *, skip_bad_lines: bool = False
+                        ) -> tuple[list[TrainExample], int]:
+    """-> (examples, number of skipped bad lines). Errors name file:line."""
+    path = Path(path)
+    return _convert_records(((f"{path}:{number}", number, record) for number, record in iter_jsonl(path)),
+                            convert, skip_bad_lines=skip_bad_lines, label=str(path))
+
+
+# A single data file's loader (datasets' packaged builders), by suffix.
+HF_FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".arrow": "arrow"}
+
+
+class MissingExtraError(ImportError, ValueError):
+    """An optional dependency is not installed; the message names the extra to install.
+    (A ValueError too, so the CLI reports it like any other bad-data error.)"""
+
+
+def _import_datasets():
+    try:
+        import datasets
+    except ImportError:
+        raise MissingExtraError("data.source 'hf_dataset' needs the `datasets` package, which is not installed: "
+                                "pip install 'wavalign[datasets]'") from None
+    return datasets
+
+
+def load_hf_split(path: str | Path, split: str):
+    """One split of a local Hugging Face dataset, as a `datasets.Dataset`.
+
+    path: a `save_to_disk` directory (`datasets.load_from_disk`; a single saved Dataset holds
+    one split, its recorded split name or "train"), a directory `datasets.load_dataset` reads
+    (data files, splits named by the file names), or one data file (HF_FILE_BUILDERS; its one
+    split is "train"). Never touches the network."""
+    datasets = _import_datasets()
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"data.path: {path} does not exist")
+    if root.is_dir() and ((root / "dataset_dict.json").is_file() or (root / "state.json").is_file()):
+        loaded = datasets.load_from_disk(str(root))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ValueError(f"{path}: no split {split!r}; it has {sorted(loaded)}")
+            return loaded[split]
+        name = loaded.split or "train"
+        if split != name:
+            raise ValueError(f"{path}: a single saved Dataset holds one split, {name!r}; asked for {split!r} "
+                             f"(save a DatasetDict for several splits)")
+        return loaded
+    if root.is_file():
+        builder = HF_FILE_BUILDERS.get(root.suffix.lower())
+        if builder is None:
+            raise ValueError(f"{path}: cannot tell how to read a {root.suffix or 'suffix-less'} file; give a "
+                             f"{', '.join(HF_FILE_BUILDERS)} file or a directory")
+        args, kwargs = (builder,), {"data_files": str(root)}
+    else:
+        args, kwargs = (str(root),), {}
+    try:
+        return datasets.load_dataset(*args, split=split, **kwargs)
+    except (ValueError, FileNotFoundError, ConnectionError) as error:  # unknown split, no data files, ...
+        raise ValueError(f"{path}: datasets.load_dataset failed for split {split!r}: {error}") from None
+
+
+def load_hf_examples(path: str | Path, split: str, convert: RecordConverter, *, skip_bad_lines: bool = False
+                     ) -> tuple[list[TrainExample], int]:
+    """-> (examples, number of skipped bad records) from one split of a local HF dataset.
+    Errors (and TrainExample.where) name "dataset[split][index]", the index counting rows from 0.
+    Null fields (Arrow fills a column a row lacks with null) count as absent."""
+    dataset = load_hf_split(path, split)
+    label = f"{path}[{split}]"
+    rows = ((f"{label}[{index}]", index, {k: v for k, v in row.items() if v is not None})
+            for index, row in enumerate(dataset))
+    return _convert_records(rows, convert, skip_bad_lines=skip_bad_lines, label=label)
 
 
 def world_examples(records: list[dict]) -> list[TrainExample]:
@@ -262,19 +337,34 @@ class PromptSampler:
 
 def load_examples(config, world, fmt: ResponseFormat, vocab_size: int, codec=None
                   ) -> tuple[list[TrainExample], list[TrainExample], int]:
-    """A run's (train examples, eval examples, skipped bad lines) from the world or JSONL.
+    """A run's (train examples, eval examples, skipped bad records) from the world, JSONL
+    (data.train_path / eval_path) or a local HF dataset (data.path, data.split / eval_split).
 
     codec: the SpeechCodec that turns audio files of public records into units (the world's,
-    when a world is loaded), or None."""
+    when a world is loaded), or None. Relative audio paths resolve against the JSONL file's
+    directory, or the dataset's directory (a data file's directory)."""
     c = config.data
     if c.source == "world":
         return world_examples(world.examples("train")), world_examples(world.examples(config.eval.split)), 0
+    if c.source == "hf_dataset":
+        root = Path(c.path)
+        base_dir = root if root.is_dir() else root.parent
+        sources = [c.split, c.eval_split]
+
+        def load(split):
+            return load_hf_examples(c.path, split, convert, skip_bad_lines=c.skip_bad_lines)
+    else:
+        base_dir = Path(c.train_path).parent
+        sources = [c.train_path, c.eval_path]
+
+        def load(file):
+            return load_jsonl_examples(file, convert, skip_bad_lines=c.skip_bad_lines)
     convert = RecordConverter(fmt, vocab_size, record_format=c.format, codec=codec,
-                              base_dir=Path(c.train_path).parent, max_prompt_tokens=c.max_prompt_tokens)
-    train, skipped = load_jsonl_examples(c.train_path, convert, skip_bad_lines=c.skip_bad_lines)
+                              base_dir=base_dir, max_prompt_tokens=c.max_prompt_tokens)
+    train, skipped = load(sources[0])
     evaluation: list[TrainExample] = []
-    if c.eval_path:
-        evaluation, more = load_jsonl_examples(c.eval_path, convert, skip_bad_lines=c.skip_bad_lines)
+    if sources[1]:
+        evaluation, more = load(sources[1])
         skipped += more
     return train, evaluation, skipped
 

@@ -37,12 +37,15 @@ class Ranks:
                    int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def init_process_group(backend: str, device_choice: str) -> None:
-    """Join the torchrun job once; backend 'auto' is nccl on GPU, gloo on CPU."""
+def init_process_group(backend: str, device_choice: str, *, cpu_offload: bool = False) -> None:
+    """Join the torchrun job once; backend 'auto' is nccl on GPU, gloo on CPU. cpu_offload
+    (FSDP2): with nccl, CPU tensors (offloaded shards, their gradient norm) go through gloo."""
     if dist.is_initialized():
         return
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() and device_choice != "cpu" else "gloo"
+    if cpu_offload and backend == "nccl":
+        backend = "cpu:gloo,cuda:nccl"
     dist.init_process_group(backend=backend)
 
 

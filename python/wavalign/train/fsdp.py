@@ -22,10 +22,12 @@ import torch
 import torch.distributed as dist
 
 
-def shard(root: torch.nn.Module, lm: torch.nn.Module, device: torch.device) -> int:
-    """fully_shard every block of `lm`, then `root` (which contains lm). -> number of blocks."""
+def shard(root: torch.nn.Module, lm: torch.nn.Module, device: torch.device, *, cpu_offload: bool = False) -> int:
+    """fully_shard every block of `lm`, then `root` (which contains lm). -> number of blocks.
+    cpu_offload: parameters, gradients and optimizer state live on the CPU between uses
+    (CPUOffloadPolicy; pinned memory only with CUDA); the optimizer step runs on the CPU."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
 
     block_names = set(getattr(lm, "_no_split_modules", None) or [])
     if not block_names:
@@ -35,9 +37,10 @@ def shard(root: torch.nn.Module, lm: torch.nn.Module, device: torch.device) -> i
     blocks = [m for m in lm.modules() if type(m).__name__ in block_names]
     if not blocks:
         raise ValueError(f"none of {sorted(block_names)} occurs in {type(lm).__name__}")
+    options = {"offload_policy": CPUOffloadPolicy(pin_memory=device.type == "cuda")} if cpu_offload else {}
     for block in blocks:
-        fully_shard(block, mesh=mesh)
-    fully_shard(root, mesh=mesh)
+        fully_shard(block, mesh=mesh, **options)
+    fully_shard(root, mesh=mesh, **options)
     return len(blocks)
 
 

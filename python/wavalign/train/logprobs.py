@@ -20,36 +20,54 @@ import torch
 DEFAULT_CHUNK_TOKENS = 256
 
 
-def _chunk_logits(hidden, weight, bias, temperature):
-    # hidden [C, H] x weight [V, H] -> [C, V] float32
+def _chunk_logits(hidden, weight, bias, temperature, allowed=None):
+    # hidden [C, H] x weight [V, H] -> [C, V] float32; temperature a float or [C];
+    # allowed: [C, V] bool (ids the sampler could draw) or None
     logits = hidden @ weight.t()
     if bias is not None:
         logits = logits + bias
     logits = logits.float()
-    if temperature != 1.0:
+    if isinstance(temperature, torch.Tensor):
+        logits = logits / temperature[:, None]
+    elif temperature != 1.0:
         logits = logits / temperature
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
     return logits
+
+
+def _rows(value, start, stop):
+    return value[start:stop] if isinstance(value, torch.Tensor) else value
+
+
+def _allowed(masks, sets, start, stop):
+    """[C, V] bool for positions start:stop, or None (unmasked)."""
+    return None if masks is None else masks[sets[start:stop]]
 
 
 class _SelectedLogprobs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk, temperature, with_entropy):
-        # hidden [M, H], weight [V, H], bias [V] | None, targets [M] int64
+    def forward(ctx, hidden, weight, bias, targets, chunk, temperature, with_entropy, masks=None, sets=None):
+        # hidden [M, H], weight [V, H], bias [V] | None, targets [M] int64;
+        # temperature float or [M]; masks [S, V] bool and sets [M] int64 (row of masks per position)
         m = hidden.shape[0]
         logprobs = torch.empty(m, dtype=torch.float32, device=hidden.device)
         lse = torch.empty(m, dtype=torch.float32, device=hidden.device)
         entropy = torch.empty(m if with_entropy else 0, dtype=torch.float32, device=hidden.device)
         for start in range(0, m, chunk):
             stop = min(start + chunk, m)
-            logits = _chunk_logits(hidden[start:stop], weight, bias, temperature)  # [C, V]
+            logits = _chunk_logits(hidden[start:stop], weight, bias, _rows(temperature, start, stop),
+                                   _allowed(masks, sets, start, stop))  # [C, V]
             chunk_lse = torch.logsumexp(logits, dim=-1)
             lse[start:stop] = chunk_lse
             logprobs[start:stop] = logits.gather(1, targets[start:stop, None]).squeeze(1) - chunk_lse
             if with_entropy:
                 log_probs = logits - chunk_lse[:, None]  # -sum p log p: no cancellation
-                entropy[start:stop] = -(log_probs.exp() * log_probs).sum(dim=-1)
+                terms = log_probs.exp() * log_probs
+                entropy[start:stop] = -torch.where(torch.isfinite(log_probs), terms, 0.0).sum(dim=-1)
         ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy)
         ctx.chunk, ctx.temperature, ctx.with_entropy = chunk, temperature, with_entropy
+        ctx.masks, ctx.sets = masks, sets
         return logprobs, entropy
 
     @staticmethod
@@ -63,14 +81,16 @@ class _SelectedLogprobs(torch.autograd.Function):
             stop = min(start + ctx.chunk, hidden.shape[0])
             h = hidden[start:stop]
             # One [C, V] buffer, transformed in place: logits -> log p -> p -> d loss / d z.
-            buffer = _chunk_logits(h, weight, bias, ctx.temperature)  # [C, V] logits
+            temperature = _rows(ctx.temperature, start, stop)
+            buffer = _chunk_logits(h, weight, bias, temperature, _allowed(ctx.masks, ctx.sets, start, stop))
             buffer.sub_(lse[start:stop, None])  # log p
             entropy_term = None
             if ctx.with_entropy and grad_entropy is not None:
                 # H = -sum p log p;  dH/dz_j = -p_j (log p_j + H): keep (log p + H) * g_H
                 entropy_term = (buffer + entropy[start:stop, None]) * grad_entropy[start:stop, None]
-            buffer.exp_()  # p
+            buffer.exp_()  # p (0 at masked ids)
             if entropy_term is not None:
+                entropy_term.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
                 entropy_term.mul_(buffer)
             # d logprob_t / d z = onehot(target) - p
             grad_logits = buffer.mul_(-grad_logprobs[start:stop, None])
@@ -78,8 +98,10 @@ class _SelectedLogprobs(torch.autograd.Function):
             if entropy_term is not None:
                 grad_logits.sub_(entropy_term)
                 del entropy_term
-            if ctx.temperature != 1.0:
-                grad_logits /= ctx.temperature
+            if isinstance(temperature, torch.Tensor):
+                grad_logits /= temperature[:, None]
+            elif temperature != 1.0:
+                grad_logits /= temperature
             grad_logits = grad_logits.to(hidden.dtype)
             if need_h:
                 grad_hidden[start:stop] = grad_logits @ weight
@@ -91,7 +113,7 @@ class _SelectedLogprobs(torch.autograd.Function):
             grad_weight = grad_weight.to(weight.dtype)
         if need_b:
             grad_bias = grad_bias.to(bias.dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
 
 
 def selected_logprobs(
@@ -100,11 +122,14 @@ def selected_logprobs(
     targets: torch.Tensor,
     *,
     bias: torch.Tensor | None = None,
-    temperature: float = 1.0,
+    temperature: float | torch.Tensor = 1.0,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     return_entropy: bool = False,
+    allowed_masks: torch.Tensor | None = None,
+    allowed_sets: torch.Tensor | None = None,
 ):
-    """log softmax(hidden @ weight.T / temperature)[targets], chunked over tokens.
+    """log softmax(hidden @ weight.T / temperature)[targets], chunked over tokens; with
+    allowed_masks / allowed_sets, the softmax runs over each position's allowed ids only.
 
     Args:
         hidden: [..., H] final hidden states (any float dtype; logits are taken in float32).
@@ -113,6 +138,10 @@ def selected_logprobs(
         chunk_tokens: tokens per chunk; extra memory ~ 2 * chunk_tokens * V floats
             (3 with entropy) plus the weight gradient.
         return_entropy: also return the entropy of each position's distribution.
+        temperature: a float, or a tensor of targets' shape (one per position, each > 0).
+        allowed_masks: [S, V] bool, the id sets a sampler drew from; allowed_sets: targets'
+            shape, int, which row of allowed_masks applies at each position. Scoring a sampled
+            token this way (at its sampling temperature) gives the log-prob it was drawn with.
 
     Returns:
         logprobs [...] float32 (and entropy [...] float32 when asked).
@@ -130,15 +159,35 @@ def selected_logprobs(
         raise ValueError(f"bias must have shape [{weight.shape[0]}], got {list(bias.shape)}")
     if not (isinstance(chunk_tokens, int) and chunk_tokens > 0):
         raise ValueError(f"chunk_tokens must be a positive int, got {chunk_tokens!r}")
-    if not temperature > 0:
+    if isinstance(temperature, torch.Tensor):
+        if temperature.shape != targets.shape:
+            raise ValueError(f"a temperature tensor must have the targets' shape {list(targets.shape)}, got "
+                             f"{list(temperature.shape)}")
+        if not bool((temperature > 0).all()) or not bool(torch.isfinite(temperature).all()):
+            raise ValueError("temperatures must be finite and > 0")
+    elif not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if (allowed_masks is None) != (allowed_sets is None):
+        raise ValueError("allowed_masks and allowed_sets go together")
+    if allowed_masks is not None:
+        if allowed_masks.dtype != torch.bool or allowed_masks.dim() != 2 or allowed_masks.shape[1] != weight.shape[0]:
+            raise ValueError(f"allowed_masks must be [S, {weight.shape[0]}] bool, got {list(allowed_masks.shape)} "
+                             f"{allowed_masks.dtype}")
+        if allowed_sets.shape != targets.shape:
+            raise ValueError(f"allowed_sets must have the targets' shape {list(targets.shape)}")
+        if allowed_sets.numel() and (int(allowed_sets.min()) < 0 or int(allowed_sets.max()) >= allowed_masks.shape[0]):
+            raise ValueError(f"allowed_sets must lie in [0, {allowed_masks.shape[0]})")
     vocab = weight.shape[0]
     flat_targets = targets.reshape(-1)
     if flat_targets.numel() and (int(flat_targets.min()) < 0 or int(flat_targets.max()) >= vocab):
         raise ValueError(f"targets must lie in [0, {vocab}), found [{int(flat_targets.min())}, {int(flat_targets.max())}]")
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    flat_temperature = (temperature.reshape(-1).float() if isinstance(temperature, torch.Tensor)
+                        else float(temperature))
+    flat_sets = None if allowed_sets is None else allowed_sets.reshape(-1).long()
     logprobs, entropy = _SelectedLogprobs.apply(
-        flat_hidden, weight, bias, flat_targets, chunk_tokens, float(temperature), return_entropy
+        flat_hidden, weight, bias, flat_targets, chunk_tokens, flat_temperature, return_entropy,
+        allowed_masks, flat_sets
     )
     logprobs = logprobs.reshape(targets.shape)
     if return_entropy:
@@ -172,6 +221,11 @@ class ResponseRows:
     ids: torch.Tensor  # [N, L] int64 response ids, pad after each row's end
     lengths: torch.Tensor  # [N] int64
     types: torch.Tensor  # [N, L] int8: 0 text, 1 speech, -1 past the end
+    # How each token was sampled, when it is to be scored under the sampling distribution
+    # (objective.logprobs=sampling): [N, L] float32 temperature, and [N, L] int8 allowed set
+    # (-1: unmasked). None: score under the raw model distribution.
+    temperature: torch.Tensor | None = None
+    allowed_sets: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -198,8 +252,13 @@ class ResponseRows:
     def select(self, rows: Sequence[int]) -> "ResponseRows":
         index = torch.as_tensor(list(rows), dtype=torch.int64)
         width = int(self.lengths[index].max()) if len(index) else 0
+
+        def part(t):
+            return None if t is None else t[index, :width]
+
         return ResponseRows([self.prompts[i] for i in index.tolist()], self.ids[index, :width],
-                            self.lengths[index], self.types[index, :width])
+                            self.lengths[index], self.types[index, :width], part(self.temperature),
+                            part(self.allowed_sets))
 
     def cat(self, other: "ResponseRows", pad_id: int) -> "ResponseRows":
         """These rows, then `other`'s, padded to the wider of the two."""
@@ -208,10 +267,20 @@ class ResponseRows:
         def widen(t: torch.Tensor, fill: int) -> torch.Tensor:
             return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=fill)
 
+        def sampling(a, b, a_rows, b_rows, fill, dtype):
+            if a is None and b is None:
+                return None
+            a = torch.full((a_rows, width), fill, dtype=dtype) if a is None else a
+            b = torch.full((b_rows, width), fill, dtype=dtype) if b is None else b
+            return torch.cat([widen(a, fill), widen(b, fill)])
+
+        # rows without sampling information (gold responses) are scored raw: T = 1, unmasked
         return ResponseRows(self.prompts + other.prompts,
                             torch.cat([widen(self.ids, pad_id), widen(other.ids, pad_id)]),
                             torch.cat([self.lengths, other.lengths]),
-                            torch.cat([widen(self.types, -1), widen(other.types, -1)]))
+                            torch.cat([widen(self.types, -1), widen(other.types, -1)]),
+                            sampling(self.temperature, other.temperature, len(self), len(other), 1.0, torch.float32),
+                            sampling(self.allowed_sets, other.allowed_sets, len(self), len(other), -1, torch.int8))
 
 
 @dataclass
@@ -220,6 +289,8 @@ class Packed:
     mask: torch.Tensor  # [N, W] int64
     starts: torch.Tensor  # [N] int64 first response position
     width: int  # L: response positions scored per row
+    temperature: torch.Tensor | None = None  # [N, L] float32 (sampling distribution), or None
+    allowed_sets: torch.Tensor | None = None  # [N, L] int64 rows of the mask table (-1: unmasked), or None
 
 
 def pack(rows: ResponseRows, pad_id: int, device) -> Packed:
@@ -233,7 +304,9 @@ def pack(rows: ResponseRows, pad_id: int, device) -> Packed:
         ids[row, len(prompt):total] = rows.ids[row, :total - len(prompt)]
         mask[row, :total] = 1
     starts = torch.tensor([len(p) for p in rows.prompts], dtype=torch.int64)
-    return Packed(ids.to(device), mask.to(device), starts.to(device), rows.ids.shape[1])
+    temperature = None if rows.temperature is None else rows.temperature.to(device)
+    allowed = None if rows.allowed_sets is None else rows.allowed_sets.long().to(device)
+    return Packed(ids.to(device), mask.to(device), starts.to(device), rows.ids.shape[1], temperature, allowed)
 
 
 class ResponseLogprobs(torch.nn.Module):
@@ -247,17 +320,38 @@ class ResponseLogprobs(torch.nn.Module):
         super().__init__()
         self.lm = lm
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor, starts: torch.Tensor, width: int) -> torch.Tensor:
-        # ids, mask [N, W] right-padded prompt+response; starts [N] first response position
-        base = getattr(self.lm, self.lm.base_model_prefix)
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, starts: torch.Tensor, width: int,
+                temperature: torch.Tensor | None = None, allowed_masks: torch.Tensor | None = None,
+                allowed_sets: torch.Tensor | None = None) -> torch.Tensor:
+        # ids, mask [N, W] right-padded prompt+response; starts [N] first response position;
+        # temperature / allowed_sets [N, width]: score under the sampling distribution
+        # A PeftModel (LoRA) holds the HF model, its LoRA layers in place: they run in this forward.
+        lm = self.lm.get_base_model() if callable(getattr(self.lm, "get_base_model", None)) else self.lm
+        base = getattr(lm, lm.base_model_prefix)
         hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state  # [N, W, H]
         span = torch.arange(width, device=ids.device)
         # hidden at position t predicts token t + 1
         positions = (starts[:, None] - 1 + span[None, :]).clamp(0, ids.shape[1] - 2)  # [N, width]
         picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))  # [N, width, H]
         targets = ids.gather(1, positions + 1)  # [N, width]
-        head = self.lm.get_output_embeddings()
-        return selected_logprobs(picked, head.weight, targets, bias=getattr(head, "bias", None))
+        head = lm.get_output_embeddings()
+        extra = {}
+        if temperature is not None:
+            extra["temperature"] = temperature
+        if allowed_sets is not None:
+            extra.update(allowed_masks=allowed_masks, allowed_sets=allowed_sets)
+        return selected_logprobs(picked, head.weight, targets, bias=getattr(head, "bias", None), **extra)
+
+
+def allowed_set_masks(spec, vocab: int) -> torch.Tensor:
+    """[S + 1, vocab] bool: the ids of each interleave set (ModalitySpec.interleave_table), and a
+    last row allowing every id (set -1: scored unmasked). Columns past spec.vocab_size (padded
+    LM heads) are never in a set: the sampler never draws them."""
+    table = spec.interleave_table()  # [S, R, 2]
+    ids = torch.arange(vocab)
+    lo, hi = table[..., 0], table[..., 1]  # [S, R]
+    inside = ((ids[None, None, :] >= lo[..., None]) & (ids[None, None, :] < hi[..., None])).any(dim=1)  # [S, V]
+    return torch.cat([inside, torch.ones(1, vocab, dtype=torch.bool)])
 
 
 class RowLogprobs:
@@ -265,12 +359,23 @@ class RowLogprobs:
     the `logprob_fn` the learn-side step functions call. `module` is a ResponseLogprobs (or
     the DDP / FSDP2 wrapper around one)."""
 
-    def __init__(self, module, pad_id: int, device, *, reshard: bool = False):
+    def __init__(self, module, pad_id: int, device, *, reshard: bool = False, set_masks: torch.Tensor | None = None):
+        """set_masks: allowed_set_masks(spec, V), needed for rows that carry allowed_sets."""
         self.module, self.pad_id, self.device, self.reshard = module, pad_id, device, reshard
+        self.set_masks = None if set_masks is None else set_masks.to(device)
 
     def __call__(self, rows: ResponseRows) -> tuple[torch.Tensor, torch.Tensor]:
         batch = pack(rows, self.pad_id, self.device)
-        logp = self.module(batch.ids, batch.mask, batch.starts, batch.width)
+        if batch.temperature is None and batch.allowed_sets is None:
+            logp = self.module(batch.ids, batch.mask, batch.starts, batch.width)
+        else:
+            sets = batch.allowed_sets
+            if sets is not None:
+                if self.set_masks is None:
+                    raise ValueError("rows carry allowed sets, but this logprob function was built without set_masks")
+                sets = torch.where(sets < 0, torch.full_like(sets, self.set_masks.shape[0] - 1), sets)
+            logp = self.module(batch.ids, batch.mask, batch.starts, batch.width, batch.temperature,
+                               self.set_masks, sets)
         if self.reshard:  # FSDP2, frozen reference: no backward will free the root's gathered weights
             self.module.reshard()
         return logp, rows.types.to(self.device)

@@ -96,6 +96,8 @@ def policy_gradient_loss(
     kl_beta_text: float = 0.0,
     kl_beta_speech: float = 0.0,
     empty_scope: str = "skip",
+    sequence_mask: torch.Tensor | None = None,
+    denominator: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Scoped policy-gradient loss (the RL term of WavAlign, PAPER.md §5).
 
@@ -112,6 +114,12 @@ def policy_gradient_loss(
         ref_logprobs: [N, T] reference-policy log-probs for the k3 KL penalty, applied to every
             response token with kl_beta_text on text and kl_beta_speech on speech tokens.
         empty_scope: "skip" or "error" for sequences without in-scope tokens.
+        sequence_mask: [N] bool; False rows (e.g. truncated completions) contribute nothing
+            and are not checked for an empty scope, but still count in sequence_mean's N.
+        denominator: what the summed loss is divided by instead of this batch's own count
+            (sequence_mean: N; token_mean: the weighted tokens; constant: constant_normalizer).
+            A micro-batch passes the whole batch's value, so that the micro-batch losses add
+            up to the one-batch loss.
 
     Returns:
         (loss, stats) with stats: loss, advantage_mean, scope_tokens, empty_scope_sequences,
@@ -129,8 +137,15 @@ def policy_gradient_loss(
         raise ValueError(f"KL betas must be >= 0, got text {kl_beta_text}, speech {kl_beta_speech}")
     if normalization == "constant" and not (constant_normalizer and constant_normalizer > 0):
         raise ValueError("normalization='constant' needs constant_normalizer > 0 (e.g. N * max response length)")
+    if sequence_mask is not None:
+        if sequence_mask.shape != logprobs.shape[:1]:
+            raise ValueError(f"sequence_mask must have shape [{logprobs.shape[0]}], got {list(sequence_mask.shape)}")
+        token_types = torch.where(sequence_mask.to(token_types.device)[:, None], token_types,
+                                  torch.full_like(token_types, -1))
     weights = token_weights(token_types, scope, type_weights)  # [N, T]
-    empty = _empty_rows(weights, empty_scope, "policy_gradient_loss")
+    empty = _empty_rows(weights, empty_scope if sequence_mask is None else "skip", "policy_gradient_loss")
+    if sequence_mask is not None and empty_scope == "error":
+        _empty_rows(weights[sequence_mask.to(weights.device)], "error", "policy_gradient_loss")
     adv = advantages.detach().float().unsqueeze(1)  # [N, 1]
     responses = token_types >= 0
     logprobs = _masked(logprobs, responses)
@@ -150,6 +165,10 @@ def policy_gradient_loss(
         in_scope = weights > 0
         was_clipped = (ratio * adv > clipped * adv) & in_scope
         stats["clip_fraction"] = float(was_clipped.sum()) / max(int(in_scope.sum()), 1)
+        for kind, name in ((0, "text"), (1, "speech")):  # per modality: which channel the clip binds
+            of_kind = in_scope & (token_types == kind)
+            stats[f"clip_fraction_{name}"] = (float((was_clipped & of_kind).sum()) / int(of_kind.sum())
+                                              if bool(of_kind.any()) else float("nan"))
     token_loss = -objective * weights  # [N, T]
 
     if ref_logprobs is not None and (kl_beta_text > 0 or kl_beta_speech > 0):
@@ -167,12 +186,15 @@ def policy_gradient_loss(
     if normalization == "sequence_mean":
         per_sequence = token_loss.sum(dim=1) / norm_weights.sum(dim=1).clamp(min=1e-12)
         per_sequence = torch.where(norm_weights.sum(dim=1) > 0, per_sequence, torch.zeros_like(per_sequence))
-        loss = per_sequence.mean() if per_sequence.numel() else _zero_with_grad(logprobs)
+        if denominator is not None:
+            loss = per_sequence.sum() / float(denominator)
+        else:
+            loss = per_sequence.mean() if per_sequence.numel() else _zero_with_grad(logprobs)
     elif normalization == "token_mean":
-        total = norm_weights.sum()
+        total = norm_weights.sum() if denominator is None else torch.tensor(float(denominator))
         loss = token_loss.sum() / total if float(total) > 0 else _zero_with_grad(logprobs)
     else:
-        loss = token_loss.sum() / float(constant_normalizer)
+        loss = token_loss.sum() / float(constant_normalizer if denominator is None else denominator)
 
     stats.update(
         loss=float(loss.detach()),
@@ -191,12 +213,14 @@ def sft_loss(
     type_weights: Sequence[float] | None = None,
     normalization: str = "token_mean",
     empty_scope: str = "skip",
+    denominator: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Acoustic anchoring: NLL of gold responses over the anchor scope (PAPER.md §6).
 
     logprobs: [N, T] log pi(y*_t) of gold tokens; token_types: [N, T] int8. Default scope
     "all" follows the public launch script. "token_mean" averages over every in-scope token
-    of the batch; "sequence_mean" averages per sequence first.
+    of the batch; "sequence_mean" averages per sequence first. `denominator` replaces this
+    batch's own count (in-scope tokens, or non-empty sequences), as for policy_gradient_loss.
     """
     _choice(normalization, SFT_NORMALIZATIONS, "normalization")
     _same_shape(logprobs, token_types=token_types)
@@ -206,10 +230,10 @@ def sft_loss(
     if float(weights.sum()) == 0.0:
         loss = _zero_with_grad(logprobs)
     elif normalization == "token_mean":
-        loss = (nll * weights).sum() / weights.sum()
+        loss = (nll * weights).sum() / (weights.sum() if denominator is None else float(denominator))
     else:
         per_sequence = (nll * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-12)
-        loss = per_sequence[~empty].mean()
+        loss = per_sequence[~empty].mean() if denominator is None else per_sequence[~empty].sum() / float(denominator)
 
     def modality_nll(kind: int) -> float:
         mask = token_types == kind

@@ -1,5 +1,7 @@
 """The policy a run trains: loaded from a local directory, wrapped for DDP / FSDP2, with its
-ModalitySpec, response format and (for DPO or a KL penalty) a frozen reference."""
+ModalitySpec, response format and (for DPO or a KL penalty) a frozen reference. With
+`model.lora` the policy is a PeftModel (only the adapters train) and the reference is the
+same module with its adapters disabled (train/lora.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import torch
 
 from wavalign.formats import GenericFormat
 from wavalign.modality import ModalitySpec, resolve_spec
-from wavalign.train import fsdp
+from wavalign.train import fsdp, lora
 from wavalign.train.distributed import Ranks
 from wavalign.train.logprobs import ResponseLogprobs
 
@@ -20,15 +22,17 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 @dataclass
 class LoadedPolicy:
     path: Path
-    policy: torch.nn.Module  # the Hugging Face causal LM (its parameters may be FSDP2 shards)
+    policy: torch.nn.Module  # the Hugging Face causal LM, or a PeftModel over it (LoRA); maybe FSDP2 shards
     tokenizer: object
     spec: ModalitySpec
     pad_id: int
     format: object  # the model's ResponseFormat
     logprob_module: ResponseLogprobs  # policy -> response log-probs
     trainable: torch.nn.Module  # what forward/backward runs through: logprob_module or its DDP wrapper
-    reference: ResponseLogprobs | None  # frozen, eval mode; None unless DPO or a KL penalty
+    # frozen, eval mode; None unless DPO or a KL penalty. LoRA: the policy with adapters disabled
+    reference: ResponseLogprobs | lora.AdapterDisabledReference | None
     sharded: bool  # FSDP2
+    lora: bool = False  # the policy is a PeftModel: only its adapters are trainable
 
 
 def load_policy(config, world, device: torch.device, ranks: Ranks) -> LoadedPolicy:
@@ -47,12 +51,16 @@ def load_policy(config, world, device: torch.device, ranks: Ranks) -> LoadedPoli
                          f"size {policy.get_output_embeddings().weight.shape[0]}")
     if c.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
+    if c.lora is not None:  # before DDP / FSDP2: the optimizer sees only the adapters
+        if c.gradient_checkpointing:  # frozen embeddings: checkpointed blocks still need an input with grad
+            policy.enable_input_require_grads()
+        policy = lora.wrap(policy, c.lora, path, seed=config.run.seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (spec.pad or 0)
     logprob_module = ResponseLogprobs(policy)
     trainable = logprob_module
     sharded = ranks.distributed and config.distributed.strategy == "fsdp2"
     if sharded:  # parameters become shards; the optimizer (built later) holds only this rank's
-        fsdp.shard(logprob_module, policy, device)
+        fsdp.shard(logprob_module, policy, device, cpu_offload=config.distributed.cpu_offload)
         _touch(logprob_module, device)
     elif ranks.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -60,15 +68,18 @@ def load_policy(config, world, device: torch.device, ranks: Ranks) -> LoadedPoli
         trainable = DistributedDataParallel(logprob_module,
                                             device_ids=[device.index] if device.type == "cuda" else None)
     reference = None
-    if config.needs_reference:  # frozen, eval mode, never in the optimizer
+    if config.needs_reference and c.lora is not None:  # the base = the policy with its adapters disabled
+        reference = lora.AdapterDisabledReference(logprob_module)
+    elif config.needs_reference:  # frozen, eval mode, never in the optimizer
         frozen = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
         frozen.requires_grad_(False)
         reference = ResponseLogprobs(frozen).eval()
         if sharded:
-            fsdp.shard(reference, frozen, device)
+            fsdp.shard(reference, frozen, device, cpu_offload=config.distributed.cpu_offload)
             _touch(reference, device)
     format = world.format if world is not None and c.path == "world" else GenericFormat(tokenizer, spec)
-    return LoadedPolicy(path, policy, tokenizer, spec, pad_id, format, logprob_module, trainable, reference, sharded)
+    return LoadedPolicy(path, policy, tokenizer, spec, pad_id, format, logprob_module, trainable, reference, sharded,
+                        lora=c.lora is not None)
 
 
 @torch.no_grad()

@@ -95,7 +95,8 @@ def check_free_space(run_dir: Path, need_bytes: int) -> None:
                           f"{need_bytes / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free")
 
 
-def checkpoint_bytes(model, keep: int) -> int:
-    """Rough size of `keep` checkpoints plus one being written: weights + AdamW's two moments."""
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+def checkpoint_bytes(model, keep: int, *, trainable_only: bool = False) -> int:
+    """Rough size of `keep` checkpoints plus one being written: weights + AdamW's two moments.
+    trainable_only: a LoRA checkpoint holds only the adapters."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad or not trainable_only)
     return weights * 3 * (keep + 1)

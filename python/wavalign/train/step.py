@@ -25,12 +25,14 @@ from typing import Callable, Sequence
 import torch
 
 from wavalign import ops
+from wavalign.codes import PHASE_SPEECH
 from wavalign.rewards.base import Completion, CompositeReward, RewardResult
 from wavalign.rewards.completions import make_completions
-from wavalign.rollout.engine import ModalitySampling, Rollout, RolloutEngine, SamplingParams
+from wavalign.rollout.engine import Rollout, RolloutEngine, SamplingParams
 from wavalign.train.data import TrainExample, batch_columns
 from wavalign.train.logprobs import ResponseRows
-from wavalign.train.losses import dpo_loss, hybrid_loss, policy_gradient_loss, sft_loss
+from wavalign.train.config import LOSS_TYPES as LOSS_NORMALIZATIONS
+from wavalign.train.losses import dpo_loss, hybrid_loss, policy_gradient_loss, sft_loss, token_weights
 from wavalign.train.pairs import best_vs_worst, gold_vs_sampled, pair_scores
 
 LogprobFn = Callable[[ResponseRows], tuple[torch.Tensor, torch.Tensor]]
@@ -57,6 +59,52 @@ class StepBatch:
     stats: ops.GroupStats | None = None  # advantages [B, G], per-group variance / max / flags
     gold: ResponseRows | None = None  # [M] gold responses, M <= B
     timings: dict[str, float] = field(default_factory=dict)  # seconds: rollout, reward
+    # Filled before learning, by the trainer:
+    world_size: int = 1  # ranks whose gradients are averaged
+    global_pg_tokens: float | None = None  # loss_type dapo: RL normaliser tokens summed over ranks
+    old_logprobs: torch.Tensor | None = None  # [B * G, L] behaviour log-probs (rollout.num_iterations > 1)
+    gate_step: object | None = None  # the gate's decision for this batch (inner epochs share it)
+
+    @staticmethod
+    def merge(batches: Sequence["StepBatch"]) -> "StepBatch":
+        """Several prompt batches of one optimizer step (gradient accumulation) as one batch."""
+        if len(batches) == 1:
+            return batches[0]
+        first = batches[0]
+
+        def rows_of(parts):
+            parts = [p for p in parts if p is not None]
+            if not parts:
+                return None
+            out = parts[0]
+            for part in parts[1:]:
+                out = out.cat(part, first.pad_id)
+            return out
+
+        def cat(values):
+            return None if any(v is None for v in values) else torch.cat(values)
+
+        rows = rows_of([b.rows for b in batches])
+        sampling = None
+        if rows is not None:
+            width = rows.ids.shape[1]
+            sampling = torch.cat([torch.nn.functional.pad(b.sampling_logprobs, (0, width - b.sampling_logprobs.shape[1]))
+                                  for b in batches])
+        stats = None
+        if all(b.stats is not None for b in batches):
+            stats = ops.GroupStats(*[torch.cat([getattr(b.stats, f) for b in batches]) for f in ops.GroupStats._fields])
+        reward = None
+        if all(b.reward is not None for b in batches):
+            reward = RewardResult(total=torch.cat([b.reward.total for b in batches]),
+                                  components=torch.cat([b.reward.components for b in batches]),
+                                  names=first.reward.names,
+                                  missing={k: sum(b.reward.missing[k] for b in batches) for k in first.reward.missing})
+        timings = {k: sum(b.timings.get(k, 0.0) for b in batches) for k in first.timings}
+        return StepBatch(examples=[e for b in batches for e in b.examples], group_size=first.group_size,
+                         spec=first.spec, pad_id=first.pad_id, rows=rows, sampling_logprobs=sampling,
+                         finish_reasons=[r for b in batches for r in b.finish_reasons],
+                         completions=[c for b in batches for c in b.completions], rewards=cat([b.rewards for b in batches]),
+                         reward=reward, stats=stats, gold=rows_of([b.gold for b in batches]), timings=timings)
 
 
 def gold_rows(examples: Sequence[TrainExample], spec, pad_id: int) -> ResponseRows | None:
@@ -108,6 +156,10 @@ class Collector:
             rollout = self._rollout(examples, seed=c.run.seed * 1_000_003 + step, first_row=first_prompt * G)
             batch.rows = ResponseRows([p for p in rollout.prompt_ids for _ in range(G)], rollout.ids,
                                       rollout.lengths, rollout.token_types)
+            if c.objective.logprobs == "sampling":  # score each token as it was drawn
+                text_t, speech_t = c.rollout.text_sampling.temperature, c.rollout.speech_sampling.temperature
+                batch.rows.temperature = torch.where(rollout.phases == PHASE_SPEECH, speech_t, text_t).float()
+                batch.rows.allowed_sets = rollout.allowed_sets
             batch.sampling_logprobs, batch.finish_reasons = rollout.logprobs, list(rollout.finish_reasons)
             batch.timings["rollout"] = time.perf_counter() - t0
             if c.mode != "dpo" or dpo_pair_source(c, examples) == "rollout":
@@ -116,9 +168,7 @@ class Collector:
                 self._score(batch, keys)
                 batch.timings["reward"] = time.perf_counter() - t0
                 if c.mode in ("hybrid", "grpo"):
-                    o = c.objective
-                    batch.stats = ops.group_stats(batch.rewards, mode=o.advantage, std=o.advantage_std,
-                                                  eps=o.advantage_eps)
+                    batch.stats = group_statistics(batch.rewards, c.objective)
         batch.gold = gold_rows(examples, self.spec, self.pad_id)
         return batch
 
@@ -137,6 +187,21 @@ class Collector:
         columns["sample_key"] = keys
         batch.reward = self.reward_fn.score(prompts, batch.completions, **columns)
         batch.rewards = batch.reward.total.float().view(len(batch.examples), G)
+
+
+def group_statistics(rewards: torch.Tensor, o, batch_std: float | None = None) -> ops.GroupStats:
+    """GroupStats under objective.advantage / scale_rewards. scale_rewards 'none' is the
+    unscaled r - group mean; 'batch' divides it by the std of the whole batch (batch_std: the
+    global one, when the trainer has reduced it over ranks; else this batch's)."""
+    if o.scale_rewards == "group":
+        return ops.group_stats(rewards, mode=o.advantage, std=o.advantage_std, eps=o.advantage_eps)
+    stats = ops.group_stats(rewards, mode="dr_grpo", std=o.advantage_std, eps=o.advantage_eps)
+    if o.scale_rewards == "none":
+        return stats
+    if batch_std is None:
+        valid = rewards[~torch.isnan(rewards)].double()
+        batch_std = float(valid.std(unbiased=o.advantage_std == "sample")) if valid.numel() > 1 else 0.0
+    return stats._replace(advantages=(stats.advantages / (batch_std + o.advantage_eps)).float())
 
 
 def collect_metrics(batch: StepBatch) -> dict[str, float]:
@@ -163,53 +228,196 @@ def collect_metrics(batch: StepBatch) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------- learn
-def hybrid_step(batch: StepBatch, logprob_fn: LogprobFn, gate, config,
-                ref_logprob_fn: LogprobFn | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def truncated_rows(batch: StepBatch) -> torch.Tensor:
+    """[B * G] bool: rollouts that ran out of budget (finish reason 'length')."""
+    return torch.tensor([r == "length" for r in batch.finish_reasons], dtype=torch.bool)
+
+
+def pg_denominator(batch: StepBatch, config, sequence_mask: torch.Tensor | None, with_kl: bool) -> float:
+    """What the whole batch's RL loss is divided by, under objective.loss_type (so that
+    micro-batches, which each see a part of the batch, add up to the one-batch loss)."""
+    o, rows = config.objective, batch.rows
+    if o.loss_type == "grpo":
+        return float(len(rows))
+    if o.loss_type == "dr_grpo":
+        return float(len(rows) * config.rollout.max_new_tokens)
+    if o.loss_type == "dapo" and batch.global_pg_tokens is not None:
+        # DDP averages gradients over ranks: dividing by (global tokens / ranks) makes the
+        # averaged gradient the gradient of the global token mean.
+        return max(batch.global_pg_tokens, 1.0) / batch.world_size
+    return max(pg_weight_total(rows.types, o, sequence_mask, with_kl), 1e-12)
+
+
+def pg_weight_total(types: torch.Tensor, o, sequence_mask: torch.Tensor | None, with_kl: bool) -> float:
+    """Sum of the RL term's token weights (its scope, and KL tokens when a KL beta is on)."""
+    if sequence_mask is not None:
+        types = torch.where(sequence_mask[:, None], types, torch.full_like(types, -1))
+    weights = token_weights(types, o.rl_scope, o.rl_type_weights)
+    if with_kl and (o.kl_beta_text > 0 or o.kl_beta_speech > 0):
+        beta = torch.tensor((0.0, o.kl_beta_text, o.kl_beta_speech))[types.long() + 1]
+        weights = torch.maximum(weights, (beta > 0).float())
+    return float(weights.sum())
+
+
+def hybrid_step(batch: StepBatch, logprob_fn: LogprobFn, gate, config, ref_logprob_fn: LogprobFn | None = None,
+                backward: Callable[[torch.Tensor], None] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """WavAlign: lambda * PG(rollouts, RL scope) + (1 - lambda) * SFT(gold, anchor scope).
     grpo mode: lambda = 1 and no anchor. Rollouts and gold rows go through one forward, stacked
-    (as the public code does)."""
+    (as the public code does).
+
+    backward: None -> one forward over every row, and the loss (with its graph) is returned.
+    Given -> rows go through in micro-batches of optim.micro_batch_size (0: one), each
+    micro-batch's share of the loss is handed to `backward` at once (its activations freed),
+    and the returned loss is detached; the gradient equals the one-batch gradient.
+    """
     c, o = config, config.objective
     metrics: dict[str, float] = {}
     if c.mode == "grpo":
         lam = 1.0
     else:
-        gate_step = gate.step(batch.stats, sample_variance=o.advantage_std == "sample")
-        lam = gate_step.lam
-        metrics.update(gate_step.log_dict())
+        if batch.gate_step is None:  # PPO inner epochs reuse the first epoch's decision
+            batch.gate_step = gate.step(batch.stats, sample_variance=o.advantage_std == "sample")
+        lam = batch.gate_step.lam
+        metrics.update(batch.gate_step.log_dict())
     use_sft = c.mode == "hybrid" and lam < 1.0 and batch.gold is not None
     rollouts = batch.rows
+    rows = rollouts.cat(batch.gold, batch.pad_id) if use_sft else rollouts
     n, width = len(rollouts), rollouts.ids.shape[1]  # the gold rows may be longer
-    logp, types = logprob_fn(rollouts.cat(batch.gold, batch.pad_id) if use_sft else rollouts)
-    ref_logp = None
-    if ref_logprob_fn is not None:
-        with torch.no_grad():
-            ref_logp, _ = ref_logprob_fn(rollouts)
-    rl, rl_stats = policy_gradient_loss(
-        logp[:n, :width], batch.stats.advantages.flatten().to(logp.device), types[:n, :width], scope=o.rl_scope,
-        type_weights=o.rl_type_weights, normalization=o.pg_normalization, ref_logprobs=ref_logp,
-        kl_beta_text=o.kl_beta_text, kl_beta_speech=o.kl_beta_speech, empty_scope=o.empty_scope)
-    metrics.update({f"rl/{k}": v for k, v in rl_stats.items() if k != "loss"})
+    advantages = batch.stats.advantages.flatten()
+    mask = truncated_rows(batch).logical_not() if o.mask_truncated_completions else None
+    ppo = {}
+    if batch.old_logprobs is not None:
+        ppo = {"old_logprobs": None, "clip_eps_low": o.epsilon,
+               "clip_eps_high": o.epsilon if o.epsilon_high is None else o.epsilon_high}
+    has_kl = ref_logprob_fn is not None and (o.kl_beta_text > 0 or o.kl_beta_speech > 0)
+    normalization = LOSS_NORMALIZATIONS[o.loss_type]
+    pg_kwargs = dict(scope=o.rl_scope, type_weights=o.rl_type_weights, normalization=normalization,
+                     kl_beta_text=o.kl_beta_text, kl_beta_speech=o.kl_beta_speech, empty_scope=o.empty_scope)
+    if normalization == "constant":
+        pg_kwargs["constant_normalizer"] = pg_denominator(batch, c, mask, has_kl)
+    elif o.loss_type == "dapo":
+        pg_kwargs["denominator"] = pg_denominator(batch, c, mask, has_kl)
+    sft_kwargs = dict(scope=o.sft_scope, type_weights=o.sft_type_weights, normalization=o.sft_normalization,
+                      empty_scope=o.empty_scope)
+
+    def losses(logp, types, ref_logp, chunk: slice | None):
+        """(rl, sft) of rows [chunk] (all rows when None) from their log-probs."""
+        rl_rows = range(n) if chunk is None else range(chunk.start, min(chunk.stop, n))
+        index = torch.tensor(list(rl_rows), dtype=torch.int64)
+        local = index - (0 if chunk is None else chunk.start)
+        extra = {}
+        if chunk is not None:
+            extra["denominator"] = pg_kwargs.get("constant_normalizer") or pg_kwargs.get("denominator") or \
+                pg_denominator(batch, c, mask, has_kl)
+        rl = sft = None
+        if len(index):
+            k = logp.shape[1] if chunk is not None else width
+            lp, tp = logp[local.to(logp.device), :min(k, width)], types[local.to(types.device), :min(k, width)]
+            old = batch.old_logprobs[index, :lp.shape[1]].to(lp.device) if ppo else None
+            ref = None
+            if ref_logp is not None:
+                ref = ref_logp[local.to(ref_logp.device), :lp.shape[1]]
+                ref = torch.nn.functional.pad(ref, (0, lp.shape[1] - ref.shape[1]))
+            rl, rl_stats = policy_gradient_loss(
+                lp, advantages[index].to(lp.device), tp, ref_logprobs=ref,
+                sequence_mask=None if mask is None else mask[index].to(lp.device),
+                **{**pg_kwargs, **extra, **ppo, **({"old_logprobs": old} if ppo else {})})
+        gold_first = n if chunk is None else max(chunk.start, n)
+        gold_last = len(rows) if chunk is None else chunk.stop
+        if use_sft and gold_last > gold_first:
+            start = gold_first - (0 if chunk is None else chunk.start)
+            stop = gold_last - (0 if chunk is None else chunk.start)
+            sft_extra = {} if chunk is None else {"denominator": sft_denominator}
+            sft, _ = sft_loss(logp[start:stop], types[start:stop], **sft_kwargs, **sft_extra)
+        return rl, sft
+
+    if backward is None:
+        logp, types = logprob_fn(rows)
+        ref_logp = None
+        if ref_logprob_fn is not None:
+            with torch.no_grad():
+                ref_logp, _ = ref_logprob_fn(rollouts)
+        return _hybrid_result(batch, c, lam, use_sft, logp, types, ref_logp, losses, metrics, mask, pg_kwargs, ppo,
+                              advantages, n, width, sft_kwargs, keep_graph=True)
+
+    # Micro-batches: each one's loss share, with the whole batch's normalisers, goes to backward.
+    sft_denominator = None
     if use_sft:
-        sft, sft_stats = sft_loss(logp[n:], types[n:], scope=o.sft_scope, type_weights=o.sft_type_weights,
-                                  normalization=o.sft_normalization, empty_scope=o.empty_scope)
+        gold_weights = token_weights(batch.gold.types, o.sft_scope, o.sft_type_weights)
+        sft_denominator = (float(gold_weights.sum()) if o.sft_normalization == "token_mean"
+                           else float((gold_weights.sum(dim=1) > 0).sum()))
+    size = c.optim.micro_batch_size or len(rows)
+    pieces_logp, pieces_ref = [], []
+    for start in range(0, len(rows), size):
+        chunk = slice(start, min(start + size, len(rows)))
+        part = rows.select(range(chunk.start, chunk.stop))
+        logp, types = logprob_fn(part)
+        ref_logp = None
+        if ref_logprob_fn is not None and chunk.start < n:
+            with torch.no_grad():
+                ref_logp, _ = ref_logprob_fn(rollouts.select(range(chunk.start, min(chunk.stop, n))))
+        rl, sft = losses(logp, types, ref_logp, chunk)
+        term = (lam * rl if rl is not None else 0.0) + ((1.0 - lam) * sft if sft is not None else 0.0)
+        if isinstance(term, torch.Tensor):
+            backward(term)
+        pieces_logp.append(torch.nn.functional.pad(logp.detach(), (0, rows.ids.shape[1] - logp.shape[1])))
+        if ref_logp is not None:
+            pieces_ref.append(torch.nn.functional.pad(ref_logp, (0, width - ref_logp.shape[1])))
+    # The reported losses and statistics: those of the whole batch, from the detached pieces.
+    logp = torch.cat(pieces_logp)
+    ref_logp = torch.cat(pieces_ref) if pieces_ref else None
+    return _hybrid_result(batch, c, lam, use_sft, logp, rows.types.to(logp.device), ref_logp, losses, metrics,
+                          mask, pg_kwargs, ppo, advantages, n, width, sft_kwargs, keep_graph=False)
+
+
+def _hybrid_result(batch, c, lam, use_sft, logp, types, ref_logp, losses, metrics, mask, pg_kwargs, ppo,
+                   advantages, n, width, sft_kwargs, keep_graph: bool):
+    rl, rl_stats = policy_gradient_loss(
+        logp[:n, :width], advantages.to(logp.device), types[:n, :width], ref_logprobs=ref_logp,
+        sequence_mask=None if mask is None else mask.to(logp.device),
+        **{**pg_kwargs, **ppo, **({"old_logprobs": batch.old_logprobs[:, :width].to(logp.device)} if ppo else {})})
+    metrics.update({f"rl/{k}": v for k, v in rl_stats.items() if k != "loss"})
+    if mask is not None:
+        metrics["rl/truncated_masked"] = float((~mask).sum())
+    if use_sft:
+        sft, sft_stats = sft_loss(logp[n:], types[n:], **sft_kwargs)
         metrics.update({f"sft/{k}": v for k, v in sft_stats.items() if k != "loss"})
     else:
         sft = torch.zeros((), device=logp.device)
     loss, mix = hybrid_loss(rl, sft, lam)
     metrics.update({"loss/total": mix["loss"], "loss/rl": mix["rl"], "loss/sft": mix["sft"] if use_sft else math.nan,
                     "gate/lambda": lam})
-    return loss, metrics
+    return (loss if keep_graph else loss.detach()), metrics
 
 
-def sft_step(batch: StepBatch, logprob_fn: LogprobFn, gate, config,
-             ref_logprob_fn: LogprobFn | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Gold NLL only (continued SFT), over the anchor scope."""
+def sft_step(batch: StepBatch, logprob_fn: LogprobFn, gate, config, ref_logprob_fn: LogprobFn | None = None,
+             backward: Callable[[torch.Tensor], None] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Gold NLL only (continued SFT), over the anchor scope. backward: as in hybrid_step
+    (micro-batches of optim.micro_batch_size, normalised over the whole batch)."""
     if batch.gold is None:
         raise ValueError("sft mode needs gold responses (response_* fields) in the training data")
-    logp, types = logprob_fn(batch.gold)
     o = config.objective
-    loss, stats = sft_loss(logp, types, scope=o.sft_scope, type_weights=o.sft_type_weights,
-                           normalization=o.sft_normalization, empty_scope=o.empty_scope)
+    kwargs = dict(scope=o.sft_scope, type_weights=o.sft_type_weights, normalization=o.sft_normalization,
+                  empty_scope=o.empty_scope)
+    if backward is None:
+        logp, types = logprob_fn(batch.gold)
+        loss, stats = sft_loss(logp, types, **kwargs)
+    else:
+        gold = batch.gold
+        weights = token_weights(gold.types, o.sft_scope, o.sft_type_weights)
+        denominator = (float(weights.sum()) if o.sft_normalization == "token_mean"
+                       else float((weights.sum(dim=1) > 0).sum()))
+        size = config.optim.micro_batch_size or len(gold)
+        pieces = []
+        for start in range(0, len(gold), size):
+            part = gold.select(range(start, min(start + size, len(gold))))
+            logp, types = logprob_fn(part)
+            share, _ = sft_loss(logp, types, **kwargs, denominator=max(denominator, 1e-12))
+            backward(share)
+            pieces.append(torch.nn.functional.pad(logp.detach(), (0, gold.ids.shape[1] - logp.shape[1])))
+        logp = torch.cat(pieces)
+        loss, stats = sft_loss(logp, gold.types.to(logp.device), **kwargs)
+        loss = loss.detach()
     return loss, {"loss/total": stats["loss"], "loss/sft": stats["loss"],
                   **{f"sft/{k}": v for k, v in stats.items() if k != "loss"}}
 
@@ -234,9 +442,18 @@ def dpo_pairs(batch: StepBatch, config) -> tuple[list, list, dict[str, float]]:
             [(examples[b].prompt_ids, responses[b * G + l]) for b, _, l in found], stats)
 
 
-def dpo_step(batch: StepBatch, logprob_fn: LogprobFn, gate, config,
-             ref_logprob_fn: LogprobFn | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Scoped DPO on pairs from rollouts (best vs worst), gold vs sampled, or offline records."""
+def dpo_step(batch: StepBatch, logprob_fn: LogprobFn, gate, config, ref_logprob_fn: LogprobFn | None = None,
+             backward: Callable[[torch.Tensor], None] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Scoped DPO on pairs from rollouts (best vs worst), gold vs sampled, or offline records.
+    backward: the loss goes to it (one forward over every pair; DPO is not micro-batched)."""
+    loss, metrics = _dpo_loss(batch, logprob_fn, config, ref_logprob_fn)
+    if backward is not None:
+        backward(loss)
+        loss = loss.detach()
+    return loss, metrics
+
+
+def _dpo_loss(batch: StepBatch, logprob_fn: LogprobFn, config, ref_logprob_fn: LogprobFn | None):
     chosen, rejected, metrics = dpo_pairs(batch, config)
     metrics = dict(metrics)
     if not chosen:  # no pair this step (on this rank): a zero loss that still runs backward for DDP

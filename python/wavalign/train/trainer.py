@@ -24,19 +24,20 @@ import torch
 from tqdm.auto import tqdm
 
 from wavalign.train import checkpoint as ckpt
-from wavalign.train import distributed, fsdp
+from wavalign.train import distributed, fsdp, lora
 from wavalign.train.config import TrainConfig
 from wavalign.train.data import PromptSampler, TrainExample, check_columns, judge_prompt_text, load_examples
 from wavalign.train.distributed import Ranks, pick_device  # noqa: F401 (pick_device: re-export)
 from wavalign.train.evaluator import PolicyEvaluator, build_evaluator, mean_summary
 from wavalign.train.gate import AdaptiveGate
-from wavalign.train.logprobs import RowLogprobs
+from wavalign.train.logprobs import RowLogprobs, allowed_set_masks
 from wavalign.train.model import load_policy
 from wavalign.train.rewards import EVAL_JUDGE_SEED_OFFSET, REWARD_KINDS, build_reward
 from wavalign.train.run_dir import RunDirLock, check_free_space, checkpoint_bytes
 from wavalign.train.run_dir import prepare as prepare_run_dir
-from wavalign.train.run_log import RunLog, plot_run
-from wavalign.train.step import LEARN_STEPS, Collector, StepBatch, collect_metrics
+from wavalign.train.run_log import RunLog, completion_rows, plot_run, require_trackers
+from wavalign.train.step import (LEARN_STEPS, Collector, StepBatch, collect_metrics, group_statistics,
+                                 pg_weight_total, truncated_rows)
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,11 @@ class Trainer:
     def __init__(self, config: TrainConfig, *, world=None, resume: bool = False, run_dir: str | Path | None = None,
                  evaluator: PolicyEvaluator | None = None):
         self.config = config
+        require_trackers(config.run.trackers)  # before any work: a missing tracker package names its extra
         self.ranks = Ranks.from_env()
         if self.ranks.distributed:
-            distributed.init_process_group(config.distributed.backend, config.run.device)
+            distributed.init_process_group(config.distributed.backend, config.run.device,
+                                           cpu_offload=config.distributed.cpu_offload)
         if config.optim.prompts_per_step % self.ranks.world_size:
             raise ValueError(f"optim.prompts_per_step={config.optim.prompts_per_step} must be divisible by the "
                              f"number of processes ({self.ranks.world_size})")
@@ -97,8 +100,10 @@ class Trainer:
             check_columns(self.eval_examples, eval_reward)
         self.gate = AdaptiveGate(config.gate, device=self.device)
         self.sampler = PromptSampler(len(self.train_examples), config.run.seed)
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=config.optim.lr,
-                                           betas=tuple(config.optim.betas), weight_decay=config.optim.weight_decay)
+        # Only what trains: every weight, or with model.lora the adapters alone.
+        self.optimizer = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad],
+                                           lr=config.optim.lr, betas=tuple(config.optim.betas),
+                                           weight_decay=config.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
         self.evaluator = evaluator or build_evaluator(config, examples=self.eval_examples, spec=self.spec,
                                                       tokenizer=self.tokenizer, format=self.format,
@@ -106,9 +111,12 @@ class Trainer:
         self.collector = Collector(config, policy=self.policy, spec=self.spec, pad_id=self.pad_id,
                                    format=self.format, reward_fn=self.reward_fn, prompt_text=self._prompt_text,
                                    codec=codec, gathered=lambda: fsdp.full_parameters(self.loaded.logprob_module))
-        self.logprob_fn = RowLogprobs(self.loaded.trainable, self.pad_id, self.device)
-        self.ref_logprob_fn = (RowLogprobs(self.loaded.reference, self.pad_id, self.device,
-                                           reshard=self.loaded.sharded) if self.loaded.reference is not None else None)
+        set_masks = None
+        if config.objective.logprobs == "sampling":  # rollout rows are scored under their sampling sets
+            set_masks = allowed_set_masks(self.spec, self.policy.get_output_embeddings().weight.shape[0])
+        self.logprob_fn = RowLogprobs(self.loaded.trainable, self.pad_id, self.device, set_masks=set_masks)
+        self.ref_logprob_fn = (RowLogprobs(self.loaded.reference, self.pad_id, self.device, reshard=self.loaded.sharded,
+                                           set_masks=set_masks) if self.loaded.reference is not None else None)
         self.step = 0
         self.counters = {"skipped_nonfinite_steps": 0, "judge_failures": 0, "samples_scored": 0}
         self.evaluations: dict[str, dict] = {}
@@ -119,11 +127,13 @@ class Trainer:
         if self.is_main:  # before any work: one live run per directory, writable, room for checkpoints
             prepare_run_dir(self.run_dir)
             self.lock.acquire()
-            check_free_space(self.run_dir, checkpoint_bytes(self.policy, config.run.keep_checkpoints))
+            check_free_space(self.run_dir, checkpoint_bytes(self.policy, config.run.keep_checkpoints,
+                                                            trainable_only=self.loaded.lora))
             config.to_yaml(self.run_dir / "config.yaml")
         if resume:
             self._resume()
-        self.run_log = RunLog(self.run_dir, tensorboard=config.run.tensorboard, enabled=self.is_main)
+        self.run_log = RunLog(self.run_dir, trackers=config.run.trackers, project=config.run.project,
+                              config=config.to_dict(), enabled=self.is_main)
         if resume:
             self.run_log.truncate_after(self.step)
 
@@ -134,7 +144,8 @@ class Trainer:
 
     @property
     def reference(self):
-        """The frozen reference (ResponseLogprobs), or None unless DPO or a KL penalty."""
+        """The frozen reference (ResponseLogprobs; with LoRA the policy's own module with its
+        adapters disabled, lora.AdapterDisabledReference), or None unless DPO or a KL penalty."""
         return self.loaded.reference
 
     def _load_world(self):
@@ -168,24 +179,86 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, float]:
+        """One optimizer step (rollout.num_iterations of them when PPO inner epochs are on)."""
+        c = self.config
         start = time.perf_counter()
-        examples, first_prompt = self._local_batch()
-        batch = self.collector.collect(examples, step=self.step, first_prompt=first_prompt)
-        self._check_rewards(batch)
+        batch = self._collect()
         metrics = collect_metrics(batch)
         timings = dict(batch.timings)
         t0 = time.perf_counter()
         self.policy.train()
-        loss, learned = LEARN_STEPS[self.config.mode](batch, self.logprob_fn, self.gate, self.config,
-                                                      self.ref_logprob_fn)
+        learn = LEARN_STEPS[c.mode]
+        iterations = c.rollout.num_iterations if batch.rows is not None and c.mode in ("hybrid", "grpo") else 1
+        # Micro-batches, accumulation and inner epochs hand each loss share to backward as it is
+        # formed; a plain step keeps the one-graph path (and its outputs, bit for bit).
+        streamed = c.optim.micro_batch_size > 0 or c.optim.gradient_accumulation_steps > 1 or iterations > 1
+        if iterations > 1:  # behaviour log-probs: the policy that sampled, before any update
+            with torch.no_grad():
+                batch.old_logprobs = self.logprob_fn(batch.rows)[0].detach().float().cpu()
+        for iteration in range(iterations):
+            if streamed:
+                self.optimizer.zero_grad(set_to_none=True)
+                loss, learned = learn(batch, self.logprob_fn, self.gate, c, self.ref_logprob_fn,
+                                      backward=self._backward)
+            else:
+                loss, learned = learn(batch, self.logprob_fn, self.gate, c, self.ref_logprob_fn)
+            timings["forward"] = timings.get("forward", 0.0) + time.perf_counter() - t0
+            # the LR schedule counts train steps (rollout batches), not inner updates
+            outcome = self._optimize(loss, timings, backward_done=streamed, schedule=iteration == iterations - 1)
+            t0 = time.perf_counter()
         metrics.update(learned)
-        timings["forward"] = time.perf_counter() - t0
-        metrics.update(self._optimize(loss, timings))
+        metrics.update(outcome)
+        self._log_completions(batch, learned)
         timings["step"] = time.perf_counter() - start
         metrics = distributed.mean_over_ranks(metrics)
         metrics.update({f"time/{k}": v for k, v in timings.items()})
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
+
+    def _collect(self) -> StepBatch:
+        """This rank's prompt batches of the step (gradient accumulation: several), collected
+        with the current policy and merged, plus the few global quantities learning needs."""
+        c = self.config
+        batches = []
+        for index in range(c.optim.gradient_accumulation_steps):
+            examples, first_prompt = self._local_batch()
+            # accumulated batches draw their own sample streams and judge keys
+            batch = self.collector.collect(examples, step=self.step,
+                                           first_prompt=index * c.optim.prompts_per_step + first_prompt)
+            self._check_rewards(batch)
+            batches.append(batch)
+        batch = StepBatch.merge(batches)
+        batch.world_size = self.ranks.world_size
+        o = c.objective
+        if batch.stats is not None and o.scale_rewards == "batch":  # the std of the global batch
+            valid = batch.rewards[~torch.isnan(batch.rewards)].double()
+            n, total, squares = distributed.all_reduce(
+                [float(valid.numel()), float(valid.sum()), float((valid ** 2).sum())], "sum", self.device)
+            mean = total / max(n, 1.0)
+            variance = max(squares / max(n, 1.0) - mean ** 2, 0.0)
+            if o.advantage_std == "sample" and n > 1:
+                variance *= n / (n - 1)
+            batch.stats = group_statistics(batch.rewards, o, batch_std=math.sqrt(variance))
+        if batch.rows is not None and o.loss_type == "dapo":
+            mask = truncated_rows(batch).logical_not() if o.mask_truncated_completions else None
+            local = pg_weight_total(batch.rows.types, o, mask, self.ref_logprob_fn is not None)
+            batch.global_pg_tokens = distributed.all_reduce([local], "sum", self.device)[0]
+        return batch
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Backward of one loss share (micro-batch); gradients accumulate until the optimizer step."""
+        loss.backward()
+
+    def _log_completions(self, batch: StepBatch, learned: dict) -> None:
+        """Completion logs (run.log_completions_every; off by default): every N steps, this
+        rank's samples of the step to completions/step_N.jsonl and step_N/<row>.wav (speech
+        through the world's codec) and to the trackers. Only rank 0 writes (its own rows)."""
+        every, step = self.config.run.log_completions_every, self.step + 1  # the step metrics.jsonl records
+        if not (every and step % every == 0 and self.is_main and batch.completions):
+            return
+        rows = completion_rows(batch, [self._prompt_text(e) for e in batch.examples], learned.get("gate/lambda"))
+        self.run_log.write_completions(step, rows, batch.completions,
+                                       self.world.codec if self.world is not None else None)
 
     def _check_rewards(self, batch: StepBatch) -> None:
         """Count samples without a reward (all ranks); stop when the judge fails too often."""
@@ -203,17 +276,22 @@ class Trainer:
                 f"rewards.max_failure_rate={limit}; the judge is failing (see the warnings above). Fix the judge "
                 f"and resume with --resume.")
 
-    def _optimize(self, loss: torch.Tensor, timings: dict[str, float]) -> dict[str, float]:
+    def _optimize(self, loss: torch.Tensor, timings: dict[str, float], *, backward_done: bool = False,
+                  schedule: bool = True) -> dict[str, float]:
+        """Backward (unless the step already ran it, micro-batch by micro-batch), clip, AdamW,
+        LR schedule. A non-finite loss or gradient norm skips the update on every rank."""
         t0 = time.perf_counter()
         finite = distributed.all_reduce([float(torch.isfinite(loss.detach()).all())], "min", self.device)[0]
-        self.optimizer.zero_grad(set_to_none=True)
+        if not backward_done:
+            self.optimizer.zero_grad(set_to_none=True)
         out = {}
         if not finite:  # every rank skips together, so DDP never waits on a missing backward
             self.counters["skipped_nonfinite_steps"] += 1
             log.warning("step %d: non-finite loss (%s); step skipped", self.step + 1, float(loss.detach()))
             out["skipped_nonfinite"] = 1.0
         else:
-            loss.backward()
+            if not backward_done:
+                loss.backward()
             timings["forward_backward"] = timings.pop("forward", 0.0) + time.perf_counter() - t0
             t0 = time.perf_counter()
             clip = self.config.optim.grad_clip
@@ -228,7 +306,8 @@ class Trainer:
                 log.warning("step %d: non-finite gradient norm; step skipped", self.step + 1)
                 out["skipped_nonfinite"] = 1.0
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        if schedule:
+            self.scheduler.step()
         timings["optimizer"] = time.perf_counter() - t0
         timings.pop("forward", None)
         return out
@@ -244,7 +323,8 @@ class Trainer:
                 if self.evaluator.examples:
                     result = mean_summary(self.evaluator.run(self.policy))
                 else:
-                    log.warning("no evaluation examples (set data.eval_path for JSONL data); evaluation skipped")
+                    log.warning("no evaluation examples (set data.eval_path for JSONL data, data.eval_split for "
+                                "hf_dataset data); evaluation skipped")
         result = distributed.broadcast_object(result)
         self.evaluations[label] = result
         self.run_log.write({"step": self.step, "kind": "eval", "label": label, **result})
@@ -261,7 +341,11 @@ class Trainer:
     def save(self) -> Path | None:
         states = distributed.gather_objects(ckpt.rng_state())
         weights = optimizer_state = None
-        if self.loaded.sharded:  # gather full tensors onto rank 0 (every rank takes part)
+        if self.loaded.lora:  # the adapter only (PeftModel.save_pretrained); FSDP2: its shards gathered first
+            if self.loaded.sharded:
+                weights = lora.full_adapter_state(self.policy)
+                optimizer_state = fsdp.full_optimizer_state(self.loaded.logprob_module, self.optimizer)
+        elif self.loaded.sharded:  # gather full tensors onto rank 0 (every rank takes part)
             weights = fsdp.full_model_state(self.loaded.logprob_module, prefix="lm.")
             if getattr(self.policy.config, "tie_word_embeddings", False):  # saved once, as the input embedding
                 head = next(name for name, module in self.policy.named_modules()
@@ -290,20 +374,22 @@ class Trainer:
         if state["world_size"] != self.ranks.world_size:
             raise ValueError(f"{path} was saved by {state['world_size']} processes; resume with the same number "
                              f"(this run has {self.ranks.world_size})")
-        saved, now = state["config"], self.config.to_dict()
+        saved, now, default = state["config"], self.config.to_dict(), TrainConfig().to_dict()
+        # a field the checkpoint's config lacks (added since) counts as its default
         changed = sorted(f"{s}.{k}" for s in now if isinstance(now[s], dict)
-                         for k in now[s] if saved.get(s, {}).get(k) != now[s][k] and s not in ("run", "eval"))
+                         for k in now[s] if saved.get(s, {}).get(k, default[s].get(k)) != now[s][k]
+                         and s not in ("run", "eval"))
         if saved.get("mode") != now["mode"] or changed:
             raise ValueError(f"--resume: the config differs from the checkpoint's in {changed or ['mode']}")
-        weights = ckpt.load_weights(path / "model.safetensors", device=str(self.device))
-        if self.loaded.sharded:
-            missing, unexpected = fsdp.load_full_model_state(self.loaded.logprob_module, weights, prefix="lm.")
+        if self.loaded.lora:  # the adapter weights back into the PeftModel (or its shards)
+            file = path / lora.ADAPTER_WEIGHTS
+            weights = lora.check_adapter_weights(self.policy, ckpt.load_weights(file, device=str(self.device)), file)
+            if self.loaded.sharded:
+                fsdp.load_full_model_state(self.loaded.logprob_module, weights, prefix="lm.")
+            else:
+                self.policy.load_state_dict(weights, strict=False)
         else:
-            missing, unexpected = self.policy.load_state_dict(weights, strict=False)
-        missing = [m for m in missing if not (self.policy.config.tie_word_embeddings and m == "lm_head.weight")]
-        if missing or unexpected:
-            raise ValueError(f"{path}: checkpoint weights do not match the model (missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]})")
+            self._load_full_weights(path)
         if self.loaded.sharded:
             fsdp.load_full_optimizer_state(self.loaded.logprob_module, self.optimizer, state["optimizer"])
         else:
@@ -317,6 +403,17 @@ class Trainer:
         ckpt.set_rng_state(rank_state)
         if self.is_main:
             print(f"[train] resumed from {path} at step {self.step}")
+
+    def _load_full_weights(self, path: Path) -> None:
+        weights = ckpt.load_weights(path / "model.safetensors", device=str(self.device))
+        if self.loaded.sharded:
+            missing, unexpected = fsdp.load_full_model_state(self.loaded.logprob_module, weights, prefix="lm.")
+        else:
+            missing, unexpected = self.policy.load_state_dict(weights, strict=False)
+        missing = [m for m in missing if not (self.policy.config.tie_word_embeddings and m == "lm_head.weight")]
+        if missing or unexpected:
+            raise ValueError(f"{path}: checkpoint weights do not match the model (missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]})")
 
     # ------------------------------------------------------------------ the loop
     def _install_interrupt_handler(self):
