@@ -268,3 +268,17 @@ def test_ppo_clip_starts_at_ratio_one_and_clips_after_a_move():
     loss.backward()
     assert float(fn.table.grad[0, 0]) == 0.0 and float(fn.table.grad[0, 1]) != 0.0  # clipped, not clipped
     assert metrics["rl/clip_fraction_text"] == pytest.approx(1 / 3)
+
+
+def test_global_quantities_use_the_reduced_counts():
+    from wavalign.train.step import with_global_quantities
+
+    b = batch()  # rewards [[5, 1]]: this rank's
+    # another rank holds rewards [3, 3]: summed n, sum and sum of squares arrive reduced
+    other = [2.0, 6.0, 18.0]
+    with_global_quantities(b, TrainConfig.load(None, ["objective.scale_rewards=batch", "objective.loss_type=dapo"]),
+                           2, False, lambda values: [v + o for v, o in zip(values, other)] if len(values) == 3
+                           else [values[0] + 9.0])
+    std = float(torch.tensor([5.0, 1.0, 3.0, 3.0]).std(unbiased=False))  # the global batch's
+    torch.testing.assert_close(b.stats.advantages, torch.tensor([[2.0, -2.0]]) / (std + 1e-4))
+    assert b.world_size == 2 and b.global_pg_tokens == 3.0 + 9.0  # 3 text tokens here, 9 elsewhere

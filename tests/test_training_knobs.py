@@ -108,3 +108,5 @@ def test_a_run_scored_under_the_sampling_distribution(fast_world, tmp_path):
     assert all(r["rl/clip_fraction"] is not None for r in records)
     with pytest.raises(Exception, match=r"rollout\.text\.temperature must be > 0"):
         TrainConfig.load(None, ["objective.logprobs=sampling", "rollout.text.temperature=0"])
+    assert not TrainConfig().scores_sampling_distribution  # auto, one update per batch: raw
+    assert TrainConfig.load(None, ["rollout.num_iterations=2"]).scores_sampling_distribution  # auto, PPO

@@ -281,8 +281,9 @@ class ObjectiveConfig:
     # softmax at temperature 1 over the whole vocabulary (this project's default so far);
     # sampling = the distribution the sampler drew from (each token's phase temperature,
     # softmax over its interleave set's ids), as TRL scores at the rollout temperature.
-    # top-k / top-p / min-p / penalties are not reproduced.
-    logprobs: str = "raw"
+    # top-k / top-p / min-p / penalties are not reproduced. auto: sampling when PPO inner
+    # epochs are on (rollout.num_iterations > 1), else raw (the embedded default's table).
+    logprobs: str = "auto"
     sft_normalization: str = "token_mean"
     advantage: str = "grpo"
     advantage_std: str = "population"
@@ -297,7 +298,7 @@ class ObjectiveConfig:
         _type_weights(self.rl_type_weights, "objective.rl_type_weights")
         _type_weights(self.sft_type_weights, "objective.sft_type_weights")
         _one_of(self.loss_type, tuple(LOSS_TYPES), "objective.loss_type")
-        _one_of(self.logprobs, ("raw", "sampling"), "objective.logprobs")
+        _one_of(self.logprobs, ("auto", "raw", "sampling"), "objective.logprobs")
         _one_of(self.scale_rewards, SCALE_REWARDS, "objective.scale_rewards")
         _check(self.scale_rewards == "group" or self.advantage == "grpo",
                f"objective.scale_rewards={self.scale_rewards!r} applies to objective.advantage 'grpo' only, "
@@ -465,15 +466,23 @@ class TrainConfig:
         for section in ("model", "data", "rollout", "rewards", "objective", "dpo", "optim", "eval", "run",
                         "distributed"):
             getattr(self, section).validate()
-        if self.objective.logprobs == "sampling":
+        if self.scores_sampling_distribution:
             for section, sampling in (("text", self.rollout.text_sampling), ("speech", self.rollout.speech_sampling)):
-                _check(sampling.temperature > 0, f"objective.logprobs=sampling scores tokens at their sampling "
-                                                 f"temperature; rollout.{section}.temperature must be > 0")
+                _check(sampling.temperature > 0, f"objective.logprobs={self.objective.logprobs} scores tokens at their "
+                                                 f"sampling temperature (rollout.num_iterations="
+                                                 f"{self.rollout.num_iterations}); rollout.{section}.temperature "
+                                                 f"must be > 0")
         if self.mode == "dpo" and self.dpo.pairs == "offline":
             _check(self.data.source in ("jsonl", "hf_dataset"),
                    "dpo.pairs 'offline' reads rejected responses from JSONL or hf_dataset data")
 
     # ------------------------------------------------------------------ building
+    @property
+    def scores_sampling_distribution(self) -> bool:
+        """objective.logprobs resolved: are rollout tokens scored under the sampler's distribution?"""
+        return self.objective.logprobs == "sampling" or (self.objective.logprobs == "auto"
+                                                         and self.rollout.num_iterations > 1)
+
     @property
     def needs_reference(self) -> bool:
         """A frozen reference model is loaded only for DPO or a KL penalty."""
@@ -482,6 +491,14 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
+
+    def differences_from(self, saved: dict, ignore: Sequence[str] = ()) -> list[str]:
+        """The fields (section.field, or 'mode') where a saved config dict differs from this one;
+        a field the saved config lacks (added since) counts as its default."""
+        now, default = self.to_dict(), TrainConfig().to_dict()
+        changed = sorted(f"{s}.{k}" for s in now if isinstance(now[s], dict) and s not in ignore
+                         for k in now[s] if saved.get(s, {}).get(k, default[s].get(k)) != now[s][k])
+        return (["mode"] if saved.get("mode") != now["mode"] else []) + changed
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":

@@ -5,6 +5,7 @@ same module with its adapters disabled (train/lora.py)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,3 +90,81 @@ def _touch(module: ResponseLogprobs, device: torch.device) -> None:
     ids = torch.zeros(1, 2, dtype=torch.long, device=device)
     module(ids, torch.ones_like(ids), torch.ones(1, dtype=torch.long, device=device), 1)
     module.reshard()  # the root keeps its gathered weights after forward; the optimizer must see the shards
+
+
+# ---------------------------------------------------------------------------- checkpoint states
+def full_states(loaded: LoadedPolicy, optimizer) -> tuple[dict | None, dict | None]:
+    """(weights, optimizer state) to save, as full tensors; (None, None) when the model saves
+    itself (one process, no shards). Every rank must call it under FSDP2 (it gathers)."""
+    from wavalign.train import lora
+
+    if loaded.lora:  # the adapter only (PeftModel.save_pretrained); FSDP2: its shards gathered first
+        if not loaded.sharded:
+            return None, None
+        return lora.full_adapter_state(loaded.policy), fsdp.full_optimizer_state(loaded.logprob_module, optimizer)
+    if not loaded.sharded:
+        return None, None
+    weights = fsdp.full_model_state(loaded.logprob_module, prefix="lm.")
+    policy = loaded.policy
+    if getattr(policy.config, "tie_word_embeddings", False):  # saved once, as the input embedding
+        head = next(name for name, module in policy.named_modules() if module is policy.get_output_embeddings())
+        weights.pop(f"{head}.weight", None)
+    return weights, fsdp.full_optimizer_state(loaded.logprob_module, optimizer)
+
+
+def load_states(loaded: LoadedPolicy, optimizer, path: Path, optimizer_state: dict, device) -> None:
+    """A checkpoint's weights (or adapter) and optimizer state back into the policy, its shards
+    under FSDP2; mismatching or damaged files fail naming the file."""
+    from wavalign.train import checkpoint as ckpt
+    from wavalign.train import lora
+
+    if loaded.lora:  # the adapter weights back into the PeftModel (or its shards)
+        file = path / lora.ADAPTER_WEIGHTS
+        weights = lora.check_adapter_weights(loaded.policy, ckpt.load_weights(file, device=str(device)), file)
+        if loaded.sharded:
+            fsdp.load_full_model_state(loaded.logprob_module, weights, prefix="lm.")
+        else:
+            loaded.policy.load_state_dict(weights, strict=False)
+    else:
+        weights = ckpt.load_weights(path / "model.safetensors", device=str(device))
+        if loaded.sharded:
+            missing, unexpected = fsdp.load_full_model_state(loaded.logprob_module, weights, prefix="lm.")
+        else:
+            missing, unexpected = loaded.policy.load_state_dict(weights, strict=False)
+        tied = loaded.policy.config.tie_word_embeddings
+        missing = [m for m in missing if not (tied and m == "lm_head.weight")]
+        if missing or unexpected:
+            raise ValueError(f"{path}: checkpoint weights do not match the model (missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]})")
+    if loaded.sharded:
+        fsdp.load_full_optimizer_state(loaded.logprob_module, optimizer, optimizer_state)
+    else:
+        optimizer.load_state_dict(optimizer_state)
+
+
+# ---------------------------------------------------------------------------- optimizer
+def build_optimizer(policy, config):
+    """AdamW over what trains (every weight, or with model.lora the adapters alone) and the
+    LR schedule (warmup, then cosine / linear / constant down to optim.min_lr_ratio)."""
+    o = config.optim
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=o.lr,
+                                  betas=tuple(o.betas), weight_decay=o.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+
+
+def lr_lambda(config):
+    optim = config.optim
+
+    def factor(step: int) -> float:
+        if step < optim.warmup_steps:
+            return (step + 1) / optim.warmup_steps
+        if optim.schedule == "constant":
+            return 1.0
+        progress = (step - optim.warmup_steps) / max(1, optim.steps - optim.warmup_steps)
+        progress = min(max(progress, 0.0), 1.0)
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if optim.schedule == "cosine" else 1.0 - progress
+        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * shape
+
+    return factor
+
+

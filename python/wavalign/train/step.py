@@ -156,7 +156,7 @@ class Collector:
             rollout = self._rollout(examples, seed=c.run.seed * 1_000_003 + step, first_row=first_prompt * G)
             batch.rows = ResponseRows([p for p in rollout.prompt_ids for _ in range(G)], rollout.ids,
                                       rollout.lengths, rollout.token_types)
-            if c.objective.logprobs == "sampling":  # score each token as it was drawn
+            if c.scores_sampling_distribution:  # score each token as it was drawn
                 text_t, speech_t = c.rollout.text_sampling.temperature, c.rollout.speech_sampling.temperature
                 batch.rows.temperature = torch.where(rollout.phases == PHASE_SPEECH, speech_t, text_t).float()
                 batch.rows.allowed_sets = rollout.allowed_sets
@@ -202,6 +202,27 @@ def group_statistics(rewards: torch.Tensor, o, batch_std: float | None = None) -
         valid = rewards[~torch.isnan(rewards)].double()
         batch_std = float(valid.std(unbiased=o.advantage_std == "sample")) if valid.numel() > 1 else 0.0
     return stats._replace(advantages=(stats.advantages / (batch_std + o.advantage_eps)).float())
+
+
+def with_global_quantities(batch: StepBatch, config, world_size: int, with_kl: bool,
+                           sum_over_ranks: Callable[[list[float]], list[float]]) -> StepBatch:
+    """The few whole-job numbers learning needs, filled into the batch: the rank count, the
+    global batch's reward std (scale_rewards 'batch') and the RL term's global token weight
+    (loss_type 'dapo'). sum_over_ranks: the trainer's all-reduce (identity in one process)."""
+    o = config.objective
+    batch.world_size = world_size
+    if batch.stats is not None and o.scale_rewards == "batch":
+        valid = batch.rewards[~torch.isnan(batch.rewards)].double()
+        n, total, squares = sum_over_ranks([float(valid.numel()), float(valid.sum()), float((valid ** 2).sum())])
+        mean = total / max(n, 1.0)
+        variance = max(squares / max(n, 1.0) - mean ** 2, 0.0)
+        if o.advantage_std == "sample" and n > 1:
+            variance *= n / (n - 1)
+        batch.stats = group_statistics(batch.rewards, o, batch_std=math.sqrt(variance))
+    if batch.rows is not None and o.loss_type == "dapo":
+        mask = truncated_rows(batch).logical_not() if o.mask_truncated_completions else None
+        batch.global_pg_tokens = sum_over_ranks([pg_weight_total(batch.rows.types, o, mask, with_kl)])[0]
+    return batch
 
 
 def collect_metrics(batch: StepBatch) -> dict[str, float]:

@@ -24,42 +24,25 @@ import torch
 from tqdm.auto import tqdm
 
 from wavalign.train import checkpoint as ckpt
-from wavalign.train import distributed, fsdp, lora
+from wavalign.train import distributed, fsdp
 from wavalign.train.config import TrainConfig
 from wavalign.train.data import PromptSampler, TrainExample, check_columns, judge_prompt_text, load_examples
 from wavalign.train.distributed import Ranks, pick_device  # noqa: F401 (pick_device: re-export)
 from wavalign.train.evaluator import PolicyEvaluator, build_evaluator, mean_summary
 from wavalign.train.gate import AdaptiveGate
 from wavalign.train.logprobs import RowLogprobs, allowed_set_masks
-from wavalign.train.model import load_policy
+from wavalign.train.model import build_optimizer, full_states, lr_lambda, load_policy, load_states  # noqa: F401
 from wavalign.train.rewards import EVAL_JUDGE_SEED_OFFSET, REWARD_KINDS, build_reward
 from wavalign.train.run_dir import RunDirLock, check_free_space, checkpoint_bytes
 from wavalign.train.run_dir import prepare as prepare_run_dir
 from wavalign.train.run_log import RunLog, completion_rows, plot_run, require_trackers
-from wavalign.train.step import (LEARN_STEPS, Collector, StepBatch, collect_metrics, group_statistics,
-                                 pg_weight_total, truncated_rows)
+from wavalign.train.step import LEARN_STEPS, Collector, StepBatch, collect_metrics, with_global_quantities
 
 log = logging.getLogger(__name__)
 
 
 class JudgeFailureError(RuntimeError):
     """Too many samples of a step got no reward: the judge is failing."""
-
-
-def lr_lambda(config):
-    optim = config.optim
-
-    def factor(step: int) -> float:
-        if step < optim.warmup_steps:
-            return (step + 1) / optim.warmup_steps
-        if optim.schedule == "constant":
-            return 1.0
-        progress = (step - optim.warmup_steps) / max(1, optim.steps - optim.warmup_steps)
-        progress = min(max(progress, 0.0), 1.0)
-        shape = 0.5 * (1 + math.cos(math.pi * progress)) if optim.schedule == "cosine" else 1.0 - progress
-        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * shape
-
-    return factor
 
 
 class Trainer:
@@ -100,11 +83,7 @@ class Trainer:
             check_columns(self.eval_examples, eval_reward)
         self.gate = AdaptiveGate(config.gate, device=self.device)
         self.sampler = PromptSampler(len(self.train_examples), config.run.seed)
-        # Only what trains: every weight, or with model.lora the adapters alone.
-        self.optimizer = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad],
-                                           lr=config.optim.lr, betas=tuple(config.optim.betas),
-                                           weight_decay=config.optim.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
+        self.optimizer, self.scheduler = build_optimizer(self.policy, config)  # with model.lora: the adapters
         self.evaluator = evaluator or build_evaluator(config, examples=self.eval_examples, spec=self.spec,
                                                       tokenizer=self.tokenizer, format=self.format,
                                                       world=self.world, reward_fn=eval_reward)
@@ -112,7 +91,7 @@ class Trainer:
                                    format=self.format, reward_fn=self.reward_fn, prompt_text=self._prompt_text,
                                    codec=codec, gathered=lambda: fsdp.full_parameters(self.loaded.logprob_module))
         set_masks = None
-        if config.objective.logprobs == "sampling":  # rollout rows are scored under their sampling sets
+        if config.scores_sampling_distribution:  # rollout rows are scored under their sampling sets
             set_masks = allowed_set_masks(self.spec, self.policy.get_output_embeddings().weight.shape[0])
         self.logprob_fn = RowLogprobs(self.loaded.trainable, self.pad_id, self.device, set_masks=set_masks)
         self.ref_logprob_fn = (RowLogprobs(self.loaded.reference, self.pad_id, self.device, reshard=self.loaded.sharded,
@@ -228,22 +207,8 @@ class Trainer:
             self._check_rewards(batch)
             batches.append(batch)
         batch = StepBatch.merge(batches)
-        batch.world_size = self.ranks.world_size
-        o = c.objective
-        if batch.stats is not None and o.scale_rewards == "batch":  # the std of the global batch
-            valid = batch.rewards[~torch.isnan(batch.rewards)].double()
-            n, total, squares = distributed.all_reduce(
-                [float(valid.numel()), float(valid.sum()), float((valid ** 2).sum())], "sum", self.device)
-            mean = total / max(n, 1.0)
-            variance = max(squares / max(n, 1.0) - mean ** 2, 0.0)
-            if o.advantage_std == "sample" and n > 1:
-                variance *= n / (n - 1)
-            batch.stats = group_statistics(batch.rewards, o, batch_std=math.sqrt(variance))
-        if batch.rows is not None and o.loss_type == "dapo":
-            mask = truncated_rows(batch).logical_not() if o.mask_truncated_completions else None
-            local = pg_weight_total(batch.rows.types, o, mask, self.ref_logprob_fn is not None)
-            batch.global_pg_tokens = distributed.all_reduce([local], "sum", self.device)[0]
-        return batch
+        return with_global_quantities(batch, c, self.ranks.world_size, self.ref_logprob_fn is not None,
+                                      lambda values: distributed.all_reduce(values, "sum", self.device))
 
     def _backward(self, loss: torch.Tensor) -> None:
         """Backward of one loss share (micro-batch); gradients accumulate until the optimizer step."""
@@ -340,18 +305,7 @@ class Trainer:
 
     def save(self) -> Path | None:
         states = distributed.gather_objects(ckpt.rng_state())
-        weights = optimizer_state = None
-        if self.loaded.lora:  # the adapter only (PeftModel.save_pretrained); FSDP2: its shards gathered first
-            if self.loaded.sharded:
-                weights = lora.full_adapter_state(self.policy)
-                optimizer_state = fsdp.full_optimizer_state(self.loaded.logprob_module, self.optimizer)
-        elif self.loaded.sharded:  # gather full tensors onto rank 0 (every rank takes part)
-            weights = fsdp.full_model_state(self.loaded.logprob_module, prefix="lm.")
-            if getattr(self.policy.config, "tie_word_embeddings", False):  # saved once, as the input embedding
-                head = next(name for name, module in self.policy.named_modules()
-                            if module is self.policy.get_output_embeddings())
-                weights.pop(f"{head}.weight", None)
-            optimizer_state = fsdp.full_optimizer_state(self.loaded.logprob_module, self.optimizer)
+        weights, optimizer_state = full_states(self.loaded, self.optimizer)  # every rank takes part
         path = None
         if self.is_main:
             extra = {"modality.yaml": _spec_yaml(self.spec)}
@@ -374,26 +328,10 @@ class Trainer:
         if state["world_size"] != self.ranks.world_size:
             raise ValueError(f"{path} was saved by {state['world_size']} processes; resume with the same number "
                              f"(this run has {self.ranks.world_size})")
-        saved, now, default = state["config"], self.config.to_dict(), TrainConfig().to_dict()
-        # a field the checkpoint's config lacks (added since) counts as its default
-        changed = sorted(f"{s}.{k}" for s in now if isinstance(now[s], dict)
-                         for k in now[s] if saved.get(s, {}).get(k, default[s].get(k)) != now[s][k]
-                         and s not in ("run", "eval"))
-        if saved.get("mode") != now["mode"] or changed:
-            raise ValueError(f"--resume: the config differs from the checkpoint's in {changed or ['mode']}")
-        if self.loaded.lora:  # the adapter weights back into the PeftModel (or its shards)
-            file = path / lora.ADAPTER_WEIGHTS
-            weights = lora.check_adapter_weights(self.policy, ckpt.load_weights(file, device=str(self.device)), file)
-            if self.loaded.sharded:
-                fsdp.load_full_model_state(self.loaded.logprob_module, weights, prefix="lm.")
-            else:
-                self.policy.load_state_dict(weights, strict=False)
-        else:
-            self._load_full_weights(path)
-        if self.loaded.sharded:
-            fsdp.load_full_optimizer_state(self.loaded.logprob_module, self.optimizer, state["optimizer"])
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
+        changed = self.config.differences_from(state["config"], ignore=("run", "eval"))
+        if changed:
+            raise ValueError(f"--resume: the config differs from the checkpoint's in {changed}")
+        load_states(self.loaded, self.optimizer, path, state["optimizer"], self.device)
         self.scheduler.load_state_dict(state["scheduler"])
         self.gate.load_state_dict(state["gate"])
         self.sampler.load_state_dict(state["sampler"])
@@ -403,17 +341,6 @@ class Trainer:
         ckpt.set_rng_state(rank_state)
         if self.is_main:
             print(f"[train] resumed from {path} at step {self.step}")
-
-    def _load_full_weights(self, path: Path) -> None:
-        weights = ckpt.load_weights(path / "model.safetensors", device=str(self.device))
-        if self.loaded.sharded:
-            missing, unexpected = fsdp.load_full_model_state(self.loaded.logprob_module, weights, prefix="lm.")
-        else:
-            missing, unexpected = self.policy.load_state_dict(weights, strict=False)
-        missing = [m for m in missing if not (self.policy.config.tie_word_embeddings and m == "lm_head.weight")]
-        if missing or unexpected:
-            raise ValueError(f"{path}: checkpoint weights do not match the model (missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]})")
 
     # ------------------------------------------------------------------ the loop
     def _install_interrupt_handler(self):
