@@ -200,16 +200,26 @@ void group_stats(py::handle rewards_obj, int32_t mode, bool sample_std, double e
            WAVALIGN_CUDA_FN(group_stats_cuda));
 }
 
-// Checks the schedule code and special ids shared by interleave_advance and
-// interleave_allowed_mask.
-void check_interleave_config(int32_t schedule, int64_t vocab,
-                             std::initializer_list<int64_t> specials) {
-  for (int64_t special : specials)
+// The schedule and special ids shared by interleave_advance and interleave_allowed_mask,
+// checked, in an InterleaveArgs whose per-row pointers are still unset.
+InterleaveArgs interleave_config(int32_t schedule, const TensorArg& modality, int64_t eos, int64_t begin_audio,
+                                 int64_t end_audio, int64_t end_text) {
+  const int64_t vocab = modality.shape[0];
+  for (int64_t special : {eos, begin_audio, end_audio, end_text})
     if (special < -1 || special >= vocab)
       throw py::value_error("special id " + std::to_string(special) + " is outside [-1, " +
                             std::to_string(vocab) + ")");
   if (schedule < kScheduleSequential || schedule > kScheduleFree)
     throw py::value_error("schedule must be 0 (sequential), 1 (chunked) or 2 (free)");
+  InterleaveArgs a;
+  a.schedule = schedule;
+  a.id_modality = static_cast<const int8_t*>(modality.data);
+  a.vocab = vocab;
+  a.eos = eos;
+  a.begin_audio = begin_audio;
+  a.end_audio = end_audio;
+  a.end_text = end_text;
+  return a;
 }
 
 void interleave_advance(int32_t schedule, int32_t text_chunk, int32_t speech_chunk,
@@ -227,18 +237,10 @@ void interleave_advance(int32_t schedule, int32_t text_chunk, int32_t speech_chu
   require_shape(phase_arg, {-1}, "[N]");
   require_same_device(phase_arg, modality);
   const int64_t n = phase_arg.shape[0];
-  InterleaveArgs a;
+  InterleaveArgs a = interleave_config(schedule, modality, eos, begin_audio, end_audio, end_text);
   a.n_rows = n;
-  a.schedule = schedule;
   a.text_chunk = text_chunk;
   a.speech_chunk = speech_chunk;
-  a.id_modality = static_cast<const int8_t*>(modality.data);
-  a.vocab = modality.shape[0];
-  a.eos = eos;
-  a.begin_audio = begin_audio;
-  a.end_audio = end_audio;
-  a.end_text = end_text;
-  check_interleave_config(schedule, a.vocab, {eos, begin_audio, end_audio, end_text});
   if (schedule == kScheduleChunked && (text_chunk <= 0 || speech_chunk <= 0))
     throw py::value_error("a chunked schedule needs text_chunk > 0 and speech_chunk > 0");
   if (!sampled.is_none()) a.sampled = checked<const int64_t>(sampled, "sampled", DType::Int64, {n}, modality);
@@ -265,18 +267,10 @@ void interleave_allowed_mask(int32_t schedule, py::handle id_modality, int64_t e
   require_dtype(modality, {DType::Int8});
   require_shape(modality, {-1}, "[V]");
   if (modality.is_cuda()) throw py::value_error("interleave_allowed_mask runs on CPU tensors only");
-  check_interleave_config(schedule, modality.shape[0], {eos, begin_audio, end_audio, end_text});
+  const InterleaveArgs a = interleave_config(schedule, modality, eos, begin_audio, end_audio, end_text);
   if (allowed_set < 0 || allowed_set >= kNumAllowedSets)
     throw py::value_error("allowed_set must lie in [0, " + std::to_string(kNumAllowedSets) +
                           "), got " + std::to_string(allowed_set));
-  InterleaveArgs a;
-  a.schedule = schedule;
-  a.id_modality = static_cast<const int8_t*>(modality.data);
-  a.vocab = modality.shape[0];
-  a.eos = eos;
-  a.begin_audio = begin_audio;
-  a.end_audio = end_audio;
-  a.end_text = end_text;
   int8_t* out = checked<int8_t>(out_mask, "out_mask", DType::Int8, {a.vocab}, modality);
   py::gil_scoped_release release;
   interleave_allowed_mask_cpu(a, allowed_set, out);

@@ -306,51 +306,48 @@ def hybrid_step(batch: StepBatch, logprob_fn: LogprobFn, gate, config, ref_logpr
     n, width = len(rollouts), rollouts.ids.shape[1]  # the gold rows may be longer
     advantages = batch.stats.advantages.flatten()
     mask = truncated_rows(batch).logical_not() if o.mask_truncated_completions else None
-    ppo = {}
-    if batch.old_logprobs is not None:
-        ppo = {"old_logprobs": None, "clip_eps_low": o.epsilon,
-               "clip_eps_high": o.epsilon if o.epsilon_high is None else o.epsilon_high}
+    clip = None
+    if batch.old_logprobs is not None:  # PPO inner epochs: ratios against the behaviour log-probs
+        clip = {"clip_eps_low": o.epsilon, "clip_eps_high": o.epsilon if o.epsilon_high is None else o.epsilon_high}
     has_kl = ref_logprob_fn is not None and (o.kl_beta_text > 0 or o.kl_beta_speech > 0)
-    normalization = LOSS_NORMALIZATIONS[o.loss_type]
-    pg_kwargs = dict(scope=o.rl_scope, type_weights=o.rl_type_weights, normalization=normalization,
+    pg_total = pg_denominator(batch, c, mask, has_kl)  # the whole batch's RL normaliser
+    pg_kwargs = dict(scope=o.rl_scope, type_weights=o.rl_type_weights, normalization=LOSS_NORMALIZATIONS[o.loss_type],
                      kl_beta_text=o.kl_beta_text, kl_beta_speech=o.kl_beta_speech, empty_scope=o.empty_scope)
-    if normalization == "constant":
-        pg_kwargs["constant_normalizer"] = pg_denominator(batch, c, mask, has_kl)
-    elif o.loss_type == "dapo":
-        pg_kwargs["denominator"] = pg_denominator(batch, c, mask, has_kl)
+    if pg_kwargs["normalization"] == "constant":  # dr_grpo, dapo
+        pg_kwargs["constant_normalizer"] = pg_total
     sft_kwargs = dict(scope=o.sft_scope, type_weights=o.sft_type_weights, normalization=o.sft_normalization,
                       empty_scope=o.empty_scope)
 
-    def losses(logp, types, ref_logp, chunk: slice | None):
-        """(rl, sft) of rows [chunk] (all rows when None) from their log-probs."""
-        rl_rows = range(n) if chunk is None else range(chunk.start, min(chunk.stop, n))
-        index = torch.tensor(list(rl_rows), dtype=torch.int64)
-        local = index - (0 if chunk is None else chunk.start)
-        extra = {}
-        if chunk is not None:
-            extra["denominator"] = pg_kwargs.get("constant_normalizer") or pg_kwargs.get("denominator") or \
-                pg_denominator(batch, c, mask, has_kl)
-        rl = sft = None
-        if len(index):
-            k = logp.shape[1] if chunk is not None else width
-            lp, tp = logp[local.to(logp.device), :min(k, width)], types[local.to(types.device), :min(k, width)]
-            old = batch.old_logprobs[index, :lp.shape[1]].to(lp.device) if ppo else None
-            ref = None
-            if ref_logp is not None:
-                ref = ref_logp[local.to(ref_logp.device), :lp.shape[1]]
-                ref = torch.nn.functional.pad(ref, (0, lp.shape[1] - ref.shape[1]))
-            rl, rl_stats = policy_gradient_loss(
-                lp, advantages[index].to(lp.device), tp, ref_logprobs=ref,
-                sequence_mask=None if mask is None else mask[index].to(lp.device),
-                **{**pg_kwargs, **extra, **ppo, **({"old_logprobs": old} if ppo else {})})
-        gold_first = n if chunk is None else max(chunk.start, n)
-        gold_last = len(rows) if chunk is None else chunk.stop
-        if use_sft and gold_last > gold_first:
-            start = gold_first - (0 if chunk is None else chunk.start)
-            stop = gold_last - (0 if chunk is None else chunk.start)
-            sft_extra = {} if chunk is None else {"denominator": sft_denominator}
-            sft, _ = sft_loss(logp[start:stop], types[start:stop], **sft_kwargs, **sft_extra)
-        return rl, sft
+    def rl_loss(logp, types, ref_logp, first: int, share: bool = False):
+        """RL term of rollout rows first.. (as many as logp has), with the given log-probs;
+        share: a micro-batch's part, divided by the whole batch's normaliser."""
+        rows_here = slice(first, first + logp.shape[0])
+        extra = dict(clip or {})
+        if share:
+            extra["denominator"] = pg_total
+        if clip is not None:
+            extra["old_logprobs"] = batch.old_logprobs[rows_here, :logp.shape[1]].to(logp.device)
+        if ref_logp is not None:  # a micro-batch's reference may be narrower than its gold-widened rows
+            ref_logp = torch.nn.functional.pad(ref_logp[:, :logp.shape[1]], (0, logp.shape[1] - ref_logp.shape[1]))
+        return policy_gradient_loss(logp, advantages[rows_here].to(logp.device), types, ref_logprobs=ref_logp,
+                                    sequence_mask=None if mask is None else mask[rows_here].to(logp.device),
+                                    **pg_kwargs, **extra)
+
+    def result(logp, types, ref_logp, keep_graph: bool):
+        """The whole batch's loss and statistics from its log-probs [len(rows), L]."""
+        rl, rl_stats = rl_loss(logp[:n, :width], types[:n, :width], ref_logp, 0)
+        metrics.update({f"rl/{k}": v for k, v in rl_stats.items() if k != "loss"})
+        if mask is not None:
+            metrics["rl/truncated_masked"] = float((~mask).sum())
+        if use_sft:
+            sft, sft_stats = sft_loss(logp[n:], types[n:], **sft_kwargs)
+            metrics.update({f"sft/{k}": v for k, v in sft_stats.items() if k != "loss"})
+        else:
+            sft = torch.zeros((), device=logp.device)
+        loss, mix = hybrid_loss(rl, sft, lam)
+        metrics.update({"loss/total": mix["loss"], "loss/rl": mix["rl"],
+                        "loss/sft": mix["sft"] if use_sft else math.nan, "gate/lambda": lam})
+        return (loss if keep_graph else loss.detach()), metrics
 
     if backward is None:
         logp, types = logprob_fn(rows)
@@ -358,27 +355,28 @@ def hybrid_step(batch: StepBatch, logprob_fn: LogprobFn, gate, config, ref_logpr
         if ref_logprob_fn is not None:
             with torch.no_grad():
                 ref_logp, _ = ref_logprob_fn(rollouts)
-        return _hybrid_result(batch, c, lam, use_sft, logp, types, ref_logp, losses, metrics, mask, pg_kwargs, ppo,
-                              advantages, n, width, sft_kwargs, keep_graph=True)
+        return result(logp, types, ref_logp, keep_graph=True)
 
     # Micro-batches: each one's loss share, with the whole batch's normalisers, goes to backward.
-    sft_denominator = None
-    if use_sft:
-        gold_weights = token_weights(batch.gold.types, o.sft_scope, o.sft_type_weights)
-        sft_denominator = (float(gold_weights.sum()) if o.sft_normalization == "token_mean"
-                           else float((gold_weights.sum(dim=1) > 0).sum()))
+    sft_total = sft_denominator(batch.gold.types, o) if use_sft else None
     size = c.optim.micro_batch_size or len(rows)
     pieces_logp, pieces_ref = [], []
     for start in range(0, len(rows), size):
-        chunk = slice(start, min(start + size, len(rows)))
-        part = rows.select(range(chunk.start, chunk.stop))
-        logp, types = logprob_fn(part)
+        stop = min(start + size, len(rows))
+        logp, types = logprob_fn(rows.select(range(start, stop)))
+        term = 0.0
         ref_logp = None
-        if ref_logprob_fn is not None and chunk.start < n:
-            with torch.no_grad():
-                ref_logp, _ = ref_logprob_fn(rollouts.select(range(chunk.start, min(chunk.stop, n))))
-        rl, sft = losses(logp, types, ref_logp, chunk)
-        term = (lam * rl if rl is not None else 0.0) + ((1.0 - lam) * sft if sft is not None else 0.0)
+        if start < n:  # rollout rows (the first n of the stack)
+            if ref_logprob_fn is not None:
+                with torch.no_grad():
+                    ref_logp, _ = ref_logprob_fn(rollouts.select(range(start, min(stop, n))))
+            k = min(stop, n) - start
+            rl, _ = rl_loss(logp[:k, :width], types[:k, :width], ref_logp, start, share=True)
+            term = lam * rl
+        if use_sft and stop > n:  # gold rows
+            g = max(start, n) - start
+            sft, _ = sft_loss(logp[g:], types[g:], **sft_kwargs, denominator=sft_total)
+            term = term + (1.0 - lam) * sft
         if isinstance(term, torch.Tensor):
             backward(term)
         pieces_logp.append(torch.nn.functional.pad(logp.detach(), (0, rows.ids.shape[1] - logp.shape[1])))
@@ -386,29 +384,15 @@ def hybrid_step(batch: StepBatch, logprob_fn: LogprobFn, gate, config, ref_logpr
             pieces_ref.append(torch.nn.functional.pad(ref_logp, (0, width - ref_logp.shape[1])))
     # The reported losses and statistics: those of the whole batch, from the detached pieces.
     logp = torch.cat(pieces_logp)
-    ref_logp = torch.cat(pieces_ref) if pieces_ref else None
-    return _hybrid_result(batch, c, lam, use_sft, logp, rows.types.to(logp.device), ref_logp, losses, metrics,
-                          mask, pg_kwargs, ppo, advantages, n, width, sft_kwargs, keep_graph=False)
+    return result(logp, rows.types.to(logp.device), torch.cat(pieces_ref) if pieces_ref else None, keep_graph=False)
 
 
-def _hybrid_result(batch, c, lam, use_sft, logp, types, ref_logp, losses, metrics, mask, pg_kwargs, ppo,
-                   advantages, n, width, sft_kwargs, keep_graph: bool):
-    rl, rl_stats = policy_gradient_loss(
-        logp[:n, :width], advantages.to(logp.device), types[:n, :width], ref_logprobs=ref_logp,
-        sequence_mask=None if mask is None else mask.to(logp.device),
-        **{**pg_kwargs, **ppo, **({"old_logprobs": batch.old_logprobs[:, :width].to(logp.device)} if ppo else {})})
-    metrics.update({f"rl/{k}": v for k, v in rl_stats.items() if k != "loss"})
-    if mask is not None:
-        metrics["rl/truncated_masked"] = float((~mask).sum())
-    if use_sft:
-        sft, sft_stats = sft_loss(logp[n:], types[n:], **sft_kwargs)
-        metrics.update({f"sft/{k}": v for k, v in sft_stats.items() if k != "loss"})
-    else:
-        sft = torch.zeros((), device=logp.device)
-    loss, mix = hybrid_loss(rl, sft, lam)
-    metrics.update({"loss/total": mix["loss"], "loss/rl": mix["rl"], "loss/sft": mix["sft"] if use_sft else math.nan,
-                    "gate/lambda": lam})
-    return (loss if keep_graph else loss.detach()), metrics
+def sft_denominator(types: torch.Tensor, o) -> float:
+    """What the whole gold batch's SFT loss is divided by: its in-scope token weight
+    (token_mean) or its sequences with an in-scope token (sequence_mean)."""
+    weights = token_weights(types, o.sft_scope, o.sft_type_weights)
+    total = float(weights.sum()) if o.sft_normalization == "token_mean" else float((weights.sum(dim=1) > 0).sum())
+    return max(total, 1e-12)
 
 
 def sft_step(batch: StepBatch, logprob_fn: LogprobFn, gate, config, ref_logprob_fn: LogprobFn | None = None,
@@ -425,15 +409,13 @@ def sft_step(batch: StepBatch, logprob_fn: LogprobFn, gate, config, ref_logprob_
         loss, stats = sft_loss(logp, types, **kwargs)
     else:
         gold = batch.gold
-        weights = token_weights(gold.types, o.sft_scope, o.sft_type_weights)
-        denominator = (float(weights.sum()) if o.sft_normalization == "token_mean"
-                       else float((weights.sum(dim=1) > 0).sum()))
+        denominator = sft_denominator(gold.types, o)
         size = config.optim.micro_batch_size or len(gold)
         pieces = []
         for start in range(0, len(gold), size):
             part = gold.select(range(start, min(start + size, len(gold))))
             logp, types = logprob_fn(part)
-            share, _ = sft_loss(logp, types, **kwargs, denominator=max(denominator, 1e-12))
+            share, _ = sft_loss(logp, types, **kwargs, denominator=denominator)
             backward(share)
             pieces.append(torch.nn.functional.pad(logp.detach(), (0, gold.ids.shape[1] - logp.shape[1])))
         logp = torch.cat(pieces)
