@@ -29,7 +29,7 @@ def rss_bytes() -> int:
 def child(method: str, tokens: int, hidden_size: int, chunk: int, repeats: int) -> None:
     import torch
 
-    from wavalign.train.logprobs import naive_selected_logprobs, selected_logprobs
+    from wavalign.logprobs import naive_selected_logprobs, selected_logprobs
 
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(tokens, hidden_size, generator=g).requires_grad_(True)
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--child", choices=["lean", "naive"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.chunk is None:
-        from wavalign.train.logprobs import DEFAULT_CHUNK_TOKENS
+        from wavalign.logprobs import DEFAULT_CHUNK_TOKENS
 
         args.chunk = DEFAULT_CHUNK_TOKENS
     args.tokens = args.tokens or (1024 if args.quick else 2048)

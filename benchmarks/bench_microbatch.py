@@ -31,7 +31,7 @@ def child(variant: str, rows: int, micro: int, length: int, hidden: int, layers:
 
     from wavalign import ops
     from wavalign.train.config import TrainConfig
-    from wavalign.train.logprobs import ResponseLogprobs, ResponseRows, RowLogprobs
+    from wavalign.logprobs import ResponseLogprobs, ResponseRows, RowLogprobs
     from wavalign.train.step import StepBatch, hybrid_step
 
     torch.manual_seed(0)

@@ -209,8 +209,8 @@ InterleaveArgs interleave_config(int32_t schedule, const TensorArg& modality, in
     if (special < -1 || special >= vocab)
       throw py::value_error("special id " + std::to_string(special) + " is outside [-1, " +
                             std::to_string(vocab) + ")");
-  if (schedule < kScheduleSequential || schedule > kScheduleFree)
-    throw py::value_error("schedule must be 0 (sequential), 1 (chunked) or 2 (free)");
+  if (schedule < kScheduleSequential || schedule > kScheduleRatio)
+    throw py::value_error("schedule must be 0 (sequential), 1 (chunked), 2 (free) or 3 (ratio)");
   InterleaveArgs a;
   a.schedule = schedule;
   a.id_modality = static_cast<const int8_t*>(modality.data);
@@ -223,10 +223,11 @@ InterleaveArgs interleave_config(int32_t schedule, const TensorArg& modality, in
 }
 
 void interleave_advance(int32_t schedule, int32_t text_chunk, int32_t speech_chunk,
-                        py::handle id_modality, int64_t eos, int64_t begin_audio,
+                        py::handle ratio_pattern, py::handle id_modality, int64_t eos, int64_t begin_audio,
                         int64_t end_audio, int64_t end_text, py::handle sampled,
                         py::handle max_text, py::handle max_speech, py::handle max_total,
-                        py::handle phase, py::handle chunk_count, py::handle text_count,
+                        py::handle phase, py::handle chunk_count, py::handle chunk_index,
+                        py::handle text_count,
                         py::handle speech_count, py::handle text_done, py::handle finish_reason,
                         py::handle out_allowed_set, py::handle out_status, uintptr_t cuda_stream) {
   const TensorArg modality = tensor_arg(id_modality, "id_modality");
@@ -243,12 +244,31 @@ void interleave_advance(int32_t schedule, int32_t text_chunk, int32_t speech_chu
   a.speech_chunk = speech_chunk;
   if (schedule == kScheduleChunked && (text_chunk <= 0 || speech_chunk <= 0))
     throw py::value_error("a chunked schedule needs text_chunk > 0 and speech_chunk > 0");
+  if (schedule == kScheduleRatio) {
+    if (ratio_pattern.is_none()) throw py::value_error("a ratio schedule needs its ratio_pattern");
+    const TensorArg pattern = tensor_arg(ratio_pattern, "ratio_pattern");
+    require_dtype(pattern, {DType::Int32});
+    require_shape(pattern, {-1}, "[2 * pairs]");
+    require_same_device(pattern, modality);
+    if (pattern.shape[0] < 2 || pattern.shape[0] % 2 != 0 || pattern.shape[0] > (int64_t{1} << 30))
+      throw py::value_error("ratio_pattern must hold (text, units) pairs: an even length >= 2");
+    if (!pattern.is_cuda()) {  // CUDA callers pass a pattern checked on the host (ModalitySpec)
+      const int32_t* values = static_cast<const int32_t*>(pattern.data);
+      for (int64_t i = 0; i < pattern.shape[0]; ++i)
+        if (values[i] < 1)
+          throw py::value_error("ratio_pattern counts must be >= 1, got " + std::to_string(values[i]) +
+                                " at position " + std::to_string(i));
+    }
+    a.ratio_pattern = static_cast<const int32_t*>(pattern.data);
+    a.ratio_pairs = static_cast<int32_t>(pattern.shape[0] / 2);
+  }
   if (!sampled.is_none()) a.sampled = checked<const int64_t>(sampled, "sampled", DType::Int64, {n}, modality);
   a.max_text = checked<const int32_t>(max_text, "max_text", DType::Int32, {n}, modality);
   a.max_speech = checked<const int32_t>(max_speech, "max_speech", DType::Int32, {n}, modality);
   a.max_total = checked<const int32_t>(max_total, "max_total", DType::Int32, {n}, modality);
   a.phase = static_cast<int8_t*>(phase_arg.data);
   a.chunk_count = checked<int32_t>(chunk_count, "chunk_count", DType::Int32, {n}, modality);
+  a.chunk_index = checked<int32_t>(chunk_index, "chunk_index", DType::Int32, {n}, modality);
   a.text_count = checked<int32_t>(text_count, "text_count", DType::Int32, {n}, modality);
   a.speech_count = checked<int32_t>(speech_count, "speech_count", DType::Int32, {n}, modality);
   a.text_done = checked<int8_t>(text_done, "text_done", DType::Int8, {n}, modality);
@@ -320,10 +340,10 @@ PYBIND11_MODULE(_core, m) {
         py::arg("variance"), py::arg("max"), py::arg("min"), py::arg("zero_variance"),
         py::arg("all_missing"), py::arg("advantages"), py::arg("cuda_stream"));
   m.def("interleave_advance", &interleave_advance, py::arg("schedule"), py::arg("text_chunk"),
-        py::arg("speech_chunk"), py::arg("id_modality"), py::arg("eos"), py::arg("begin_audio"),
+        py::arg("speech_chunk"), py::arg("ratio_pattern"), py::arg("id_modality"), py::arg("eos"), py::arg("begin_audio"),
         py::arg("end_audio"), py::arg("end_text"), py::arg("sampled"), py::arg("max_text"),
         py::arg("max_speech"), py::arg("max_total"), py::arg("phase"), py::arg("chunk_count"),
-        py::arg("text_count"), py::arg("speech_count"), py::arg("text_done"),
+        py::arg("chunk_index"), py::arg("text_count"), py::arg("speech_count"), py::arg("text_done"),
         py::arg("finish_reason"), py::arg("out_allowed_set"), py::arg("out_status"),
         py::arg("cuda_stream"));
   m.def("interleave_allowed_mask", &interleave_allowed_mask, py::arg("schedule"),

@@ -25,10 +25,12 @@ SPECS = {
     "chunked": make_spec(Schedule.chunked(text=3, speech=5)),
     "free": make_spec(Schedule.free()),
     "no_eos": make_spec(Schedule.sequential(), eos=None),
+    "ratio": make_spec(Schedule.ratio([2, 4, 3, 5])),  # blocks of 2 then 3 units
+    "ratio_no_eos": make_spec(Schedule.ratio([1, 3, 2, 4, 3, 1], boundaries=False), eos=None),
 }
 
 
-SCHEDULES = [Schedule.sequential(), Schedule.chunked(text=3, speech=5), Schedule.free()]
+SCHEDULES = [Schedule.sequential(), Schedule.chunked(text=3, speech=5), Schedule.free(), Schedule.ratio([1, 4])]
 
 
 def _native_mask(spec, allowed_set):
@@ -45,7 +47,9 @@ def _native_mask(spec, allowed_set):
 def test_native_allowed_mask_matches_twin(name, schedule):
     """The range table comes from the native predicate; the twin is the oracle for every set."""
     base = {"boundary_as_text": make_spec(Schedule.sequential(), boundary_is_speech=False),
-            "preset": load_preset("glm4_voice_like")}.get(name) or SPECS[name]
+            "preset": load_preset("glm4_voice")}.get(name) or SPECS[name]
+    if schedule.kind == "ratio" and (base.begin_audio is None or base.end_audio is None):
+        pytest.skip("a ratio schedule needs begin/end-of-audio ids")
     spec = ModalitySpec.from_dict({**base.to_dict(), "schedule": schedule})
     table = spec.interleave_table()  # [4, R, 2]
     for allowed_set in range(N_ALLOWED_SETS):
@@ -59,9 +63,9 @@ def test_native_allowed_mask_matches_twin(name, schedule):
 def test_native_allowed_mask_rejects_bad_arguments():
     modality = SPECS["sequential"].modality_table()
     with pytest.raises(ValueError, match="allowed_set must lie in"):
-        _ops.interleave_allowed_mask(0, modality, 1, 20, 21, 2, 4)
+        _ops.interleave_allowed_mask(0, modality, 1, 20, 21, 2, N_ALLOWED_SETS)
     with pytest.raises(ValueError, match="schedule must be 0"):
-        _ops.interleave_allowed_mask(3, modality, 1, 20, 21, 2, 0)
+        _ops.interleave_allowed_mask(4, modality, 1, 20, 21, 2, 0)
     with pytest.raises(ValueError, match="special id 40 is outside"):
         _ops.interleave_allowed_mask(0, modality, 40, 20, 21, 2, 0)
     with pytest.raises(TypeError, match="id_modality must have dtype int8"):
@@ -76,13 +80,19 @@ def _walk(spec, n_rows, steps, seed, budgets):
     if spec.schedule.kind == "chunked" and budgets.get("max_text") == 0:
         for row in rows:
             row.phase, row.text_done = 1, True
-    masks = [allowed_mask(spec, s) for s in range(4)]
+    masks = [allowed_mask(spec, s) for s in range(N_ALLOWED_SETS)]
+    specials = torch.zeros(spec.vocab_size, dtype=torch.bool)
+    specials[[t for t in (spec.eos, spec.begin_audio, spec.end_audio) if t is not None]] = True
     for _ in range(steps):
         sets = native.allowed_set.tolist()
         ids = []
         for s in sets:
+            # A third of the draws go to a legal special id (when one is legal), so chunks and
+            # blocks end at, before and after their quotas often enough to reach every branch.
             legal = torch.nonzero(masks[s]).flatten()
-            ids.append(int(legal[torch.randint(len(legal), (1,), generator=g)]) if len(legal) else 1)
+            special = torch.nonzero(masks[s] & specials).flatten()
+            pool = special if len(special) and torch.rand((), generator=g) < 1 / 3 else legal
+            ids.append(int(pool[torch.randint(len(pool), (1,), generator=g)]) if len(pool) else 1)
         sampled = torch.tensor(ids)
         native.advance(sampled)
         limits = [budgets.get(k, -1) for k in ("max_text", "max_speech", "max_total")]
@@ -92,6 +102,9 @@ def _walk(spec, n_rows, steps, seed, budgets):
         assert native.state["text_count"].tolist() == [r.text_count for r in rows]
         assert native.state["speech_count"].tolist() == [r.speech_count for r in rows]
         assert native.state["finish_reason"].tolist() == [r.finish_reason for r in rows]
+        assert native.state["chunk_count"].tolist() == [r.chunk_count for r in rows]
+        assert native.state["chunk_index"].tolist() == [r.chunk_index for r in rows]
+        assert native.state["text_done"].tolist() == [int(r.text_done) for r in rows]
     return native
 
 
@@ -143,7 +156,7 @@ def test_illegal_and_out_of_range_ids_name_the_row():
         InterleaveState(SPECS["sequential"], 3, max_text=-5)
 
 
-@pytest.mark.parametrize("name", ["sequential", "chunked", "free"])
+@pytest.mark.parametrize("name", ["sequential", "chunked", "free", "ratio"])
 def test_sampler_loop_never_violates_the_schedule(name):
     spec = SPECS[name]
     n = 32
@@ -163,12 +176,13 @@ def test_sampler_loop_never_violates_the_schedule(name):
 
 
 @pytest.mark.cuda
-def test_cuda_matches_cpu():
-    spec = SPECS["chunked"]
+@pytest.mark.parametrize("name", ["chunked", "ratio"])
+def test_cuda_matches_cpu(name):
+    spec = SPECS[name]
     g = torch.Generator().manual_seed(0)
     cpu = InterleaveState(spec, 16, max_text=5)
     gpu = InterleaveState(spec, 16, max_text=5, device="cuda")
-    masks = [allowed_mask(spec, s) for s in range(4)]
+    masks = [allowed_mask(spec, s) for s in range(N_ALLOWED_SETS)]
     for _ in range(30):
         ids = []
         for s in cpu.allowed_set.tolist():

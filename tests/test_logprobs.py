@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from wavalign.train.logprobs import naive_selected_logprobs, selected_logprobs
+from wavalign.logprobs import naive_selected_logprobs, selected_logprobs
 
 
 def _problem(n=3, t=7, h=16, v=50, seed=0, dtype=torch.float64, bias=True):

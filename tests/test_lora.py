@@ -136,7 +136,7 @@ def test_reference_is_the_base_with_adapters_disabled_and_no_second_model(fast_w
                                                                            mode_overrides):
     from transformers import AutoModelForCausalLM
 
-    from wavalign.train.logprobs import ResponseLogprobs, ResponseRows, RowLogprobs
+    from wavalign.logprobs import ResponseLogprobs, ResponseRows, RowLogprobs
 
     loads = []
     original = AutoModelForCausalLM.from_pretrained

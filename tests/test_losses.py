@@ -180,7 +180,7 @@ def test_docstring_recipe_runs_end_to_end():
     # The assembly shown in losses.py's docstring, on a tiny random LM head.
     from wavalign import ops
     from wavalign.train.gate import AdaptiveGate
-    from wavalign.train.logprobs import selected_logprobs
+    from wavalign.logprobs import selected_logprobs
 
     g = torch.Generator().manual_seed(0)
     b, group, t, hidden_size, vocab = 2, 3, 5, 8, 20

@@ -33,7 +33,7 @@ def test_token_types_boundaries_and_mask():
 
 def test_token_types_derive_from_the_modality_table():
     # ids 38, 39 are in no range: NEITHER in the modality table, text as token types
-    for spec in (small_spec(), small_spec(boundary_is_speech=False), load_preset("glm4_voice_like")):
+    for spec in (small_spec(), small_spec(boundary_is_speech=False), load_preset("glm4_voice")):
         table = spec.modality_table()
         ids = torch.arange(spec.vocab_size)[None, :]
         assert spec.token_types(ids)[0].tolist() == [TEXT if m == NEITHER else m for m in table.tolist()]
@@ -79,11 +79,11 @@ def test_yaml_round_trip_and_errors(tmp_path):
 
 
 def test_presets_load():
-    vita = load_preset("vita_audio_like")
-    assert vita.vocab_size == 168_072 and vita.schedule.kind == "sequential"
-    glm = load_preset("glm4_voice_like")
+    vita = load_preset("vita_audio_balance")
+    assert vita.vocab_size == 168_072 and vita.schedule.kind == "ratio"
+    glm = load_preset("glm4_voice")
     assert (glm.schedule.text, glm.schedule.speech) == (13, 26)
-    with pytest.raises(FileNotFoundError, match="available: .*vita_audio_like"):
+    with pytest.raises(FileNotFoundError, match="available: .*vita_audio_balance"):
         load_preset("nope")
 
 
@@ -137,7 +137,7 @@ def test_resolve_spec_order(tmp_path, monkeypatch):
     other = small_spec(schedule=Schedule.free())
     other.to_yaml(tmp_path / "other.yml")
     assert resolve_spec(model_dir, tokenizer, modality=str(tmp_path / "other.yml")) == other
-    assert resolve_spec(model_dir, tokenizer, modality="glm4_voice_like") == load_preset("glm4_voice_like")
+    assert resolve_spec(model_dir, tokenizer, modality="glm4_voice") == load_preset("glm4_voice")
     chunked = resolve_spec(model_dir, tokenizer, schedule={"kind": "chunked", "text": 2, "speech": 5})
     assert chunked.schedule == Schedule.chunked(text=2, speech=5)
     assert chunked.text_ranges == saved.text_ranges and chunked.eos == saved.eos

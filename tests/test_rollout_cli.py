@@ -70,7 +70,7 @@ def test_cli_errors_are_clear(model_dir, tmp_path):
     proc = run_cli("--model", model_dir)
     assert proc.returncode == 2 and "pass both --model DIR and --prompts" in proc.stderr
     proc = run_cli("--model", model_dir, "--prompts", empty_prompt, "--wav-dir", tmp_path / "w")
-    assert proc.returncode == 2 and "only the built-in world ships one" in proc.stderr
+    assert proc.returncode == 2 and "--wav-dir needs a speech codec" in proc.stderr
 
 
 def test_parser_exposes_every_sampling_field_for_both_modalities():

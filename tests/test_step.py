@@ -11,7 +11,7 @@ from wavalign import ops
 from wavalign.train.config import TrainConfig
 from wavalign.train.data import TrainExample
 from wavalign.train.gate import AdaptiveGate, GateConfig
-from wavalign.train.logprobs import ResponseRows
+from wavalign.logprobs import ResponseRows
 from wavalign.train.step import StepBatch, collect_metrics, dpo_step, hybrid_step, sft_step
 
 PAD = 9

@@ -57,7 +57,7 @@ def test_override_syntax_errors_are_clear():
         apply_override({"optim": 3}, "optim.lr=1")
 
 
-@pytest.mark.parametrize("preset", ["world", "vita_audio_like", "glm4_voice_like", "kimi_like"])
+@pytest.mark.parametrize("preset", ["world", "vita_audio_balance", "glm4_voice", "kimi_like"])
 def test_train_presets_load(preset):
     from pathlib import Path
 
@@ -76,7 +76,7 @@ def test_real_model_preset_without_the_model_fails_clearly(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "wavalign.train", "--config", "configs/train/vita_audio_like.yaml",
+    proc = subprocess.run([sys.executable, "-m", "wavalign.train", "--config", "configs/train/vita_audio_balance.yaml",
                            "--set", f"run.output_dir={tmp_path}", "--set", "run.device=cpu"],
                           capture_output=True, text=True, timeout=120,
                           cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
@@ -237,7 +237,7 @@ def test_pair_scores():
 def test_packed_response_logprobs_equal_the_full_logits():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from wavalign.train.logprobs import ResponseLogprobs, ResponseRows, pack
+    from wavalign.logprobs import ResponseLogprobs, ResponseRows, pack
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

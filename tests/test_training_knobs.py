@@ -77,7 +77,7 @@ def test_sampling_logprobs_reproduce_the_rollout_so_the_first_ratio_is_one(fast_
 
     from wavalign.modality import ModalitySpec
     from wavalign.rollout.engine import ModalitySampling, RolloutEngine, SamplingParams
-    from wavalign.train.logprobs import ResponseLogprobs, ResponseRows, RowLogprobs, allowed_set_masks
+    from wavalign.logprobs import ResponseLogprobs, ResponseRows, RowLogprobs, allowed_set_masks
 
     policy = fast_world.load_policy()
     spec = fast_world.spec

@@ -282,10 +282,11 @@ def interleave_advance(config: dict, state: dict[str, torch.Tensor], sampled: to
     allowed = torch.empty(n, dtype=torch.int32, device=device)
     status = torch.zeros(n, dtype=torch.int32, device=device)
     _core.interleave_advance(
-        config["schedule"], config["text_chunk"], config["speech_chunk"], config["id_modality"],
+        config["schedule"], config["text_chunk"], config["speech_chunk"], config.get("ratio_pattern"),
+        config["id_modality"],
         config["eos"], config["begin_audio"], config["end_audio"], config["end_text"], sampled,
         state["max_text"], state["max_speech"], state["max_total"], state["phase"],
-        state["chunk_count"], state["text_count"], state["speech_count"], state["text_done"],
+        state["chunk_count"], state["chunk_index"], state["text_count"], state["speech_count"], state["text_done"],
         state["finish_reason"], allowed, status, _stream(device),
     )
     bad = torch.nonzero(status.cpu()).flatten()

@@ -35,8 +35,10 @@ SET_TEXT = 0  # text phase
 SET_SPEECH = 1  # speech phase
 SET_SWITCH_TO_SPEECH = 2  # sequential, text budget spent: begin_audio (or speech ids)
 SET_EOS_ONLY = 3  # closing, or a finished row
-N_ALLOWED_SETS = 4
+SET_TEXT_ONLY = 4  # ratio: the first token of a text chunk after a speech block
+SET_END_AUDIO_ONLY = 5  # ratio: the last block is full (its text chunk ran past quota)
+N_ALLOWED_SETS = 6
 
 # InterleaveSchedule: Schedule.kind -> native code.
-SCHEDULE_KINDS = ("sequential", "chunked", "free")
-SCHEDULE_CODES = {kind: code for code, kind in enumerate(SCHEDULE_KINDS)}  # sequential 0, chunked 1, free 2
+SCHEDULE_KINDS = ("sequential", "chunked", "free", "ratio")
+SCHEDULE_CODES = {kind: code for code, kind in enumerate(SCHEDULE_KINDS)}  # sequential 0 ... ratio 3

@@ -10,7 +10,8 @@ component needs one precise answer to "what modality is this id?". A spec holds:
 - ``boundary_is_speech``: begin/end-of-audio count as speech tokens (default, as the public
   WavAlign code) or as text.
 - ``schedule``: ``sequential`` (all text, then all speech), ``chunked(text=n, speech=m)``
-  (GLM-4-Voice: 13 text then 26 speech, repeated) or ``free`` (the model chooses).
+  (GLM-4-Voice: 13 text then 26 speech, repeated), ``ratio(pattern)`` (VITA-Audio's interval
+  ratio list, every speech block between begin/end-of-audio) or ``free`` (the model chooses).
 
 Token types (used by every loss): -1 = not a response token, 0 = text, 1 = speech. The
 codes live in wavalign.codes (re-exported here).
@@ -37,9 +38,23 @@ Range = tuple[int, int]
 
 @dataclass(frozen=True)
 class Schedule:
+    """How a response interleaves text and speech.
+
+    sequential: all text, then begin-of-audio, all speech, end-of-audio.
+    chunked(text=n, speech=m): n text tokens, m speech tokens, repeated (GLM-4-Voice: 13, 26).
+    free: the model chooses.
+    ratio(pattern=[t1, s1, t2, s2, ...], boundaries=True): VITA-Audio's interval ratio list.
+        Pair k (the last repeating) is t_k text tokens then a speech block wrapped in
+        begin/end-of-audio; with ``boundaries`` (the public code's reading) s_k counts the two
+        boundary tokens, so the block holds s_k - 2 units. The public launch script's lists:
+        Balance [1, 4, 3, 8, 4, 10]; Boost and Plus-Vanilla [1, 10, 4, 10].
+    """
+
     kind: str = "sequential"
     text: int | None = None  # chunked: text tokens per chunk
     speech: int | None = None  # chunked: speech tokens per chunk
+    pattern: tuple[int, ...] | None = None  # ratio: (text, speech) counts, pair after pair
+    boundaries: bool | None = None  # ratio: speech counts include begin/end-of-audio (default True)
 
     def __post_init__(self):
         if self.kind not in SCHEDULE_KINDS:
@@ -51,6 +66,39 @@ class Schedule:
                     raise ValueError(f"schedule.{name} must be a positive int for a chunked schedule, got {value!r}")
         elif self.text is not None or self.speech is not None:
             raise ValueError(f"schedule.text / schedule.speech apply only to kind 'chunked', not {self.kind!r}")
+        if self.kind == "ratio":
+            pattern = self.pattern
+            if isinstance(pattern, str):  # "1 4 3 8 4 10" as the public launch script writes it
+                pattern = pattern.replace(",", " ").split()
+                try:
+                    pattern = [int(piece) for piece in pattern]
+                except ValueError:
+                    raise ValueError(f"schedule.pattern must be integers, got {self.pattern!r}") from None
+            if not (isinstance(pattern, (list, tuple)) and len(pattern) >= 2 and len(pattern) % 2 == 0
+                    and all(isinstance(v, int) and not isinstance(v, bool) for v in pattern)):
+                raise ValueError("schedule.pattern must be an even-length list of ints [text, speech, text, "
+                                 f"speech, ...] for a ratio schedule, got {self.pattern!r}")
+            object.__setattr__(self, "pattern", tuple(pattern))
+            if self.boundaries is None:
+                object.__setattr__(self, "boundaries", True)
+            if not isinstance(self.boundaries, bool):
+                raise ValueError(f"schedule.boundaries must be true or false, got {self.boundaries!r}")
+            least = 3 if self.boundaries else 1  # a block holds at least one unit
+            for position, value in enumerate(self.pattern):
+                low = 1 if position % 2 == 0 else least
+                if value < low or value > 2**31 - 1:
+                    what = "text" if position % 2 == 0 else "speech"
+                    raise ValueError(f"schedule.pattern[{position}] ({what}) must be >= {low}"
+                                     f"{' (the two boundary tokens and one unit)' if low == 3 else ''}, got {value}")
+        elif self.pattern is not None or self.boundaries is not None:
+            raise ValueError(f"schedule.pattern / schedule.boundaries apply only to kind 'ratio', not {self.kind!r}")
+
+    def unit_pattern(self) -> tuple[tuple[int, int], ...]:
+        """ratio: ((text tokens, speech units), ...) per pair, the units net of the boundaries."""
+        if self.kind != "ratio":
+            raise ValueError(f"unit_pattern is defined for ratio schedules, not {self.kind!r}")
+        drop = 2 if self.boundaries else 0
+        return tuple((self.pattern[i], self.pattern[i + 1] - drop) for i in range(0, len(self.pattern), 2))
 
     @classmethod
     def sequential(cls) -> "Schedule":
@@ -63,6 +111,10 @@ class Schedule:
     @classmethod
     def free(cls) -> "Schedule":
         return cls("free")
+
+    @classmethod
+    def ratio(cls, pattern: Sequence[int], boundaries: bool = True) -> "Schedule":
+        return cls("ratio", pattern=tuple(pattern), boundaries=boundaries)
 
 
 def _normalize_ranges(ranges: Iterable[Sequence[int]], name: str) -> tuple[Range, ...]:
@@ -143,6 +195,8 @@ class ModalitySpec:
                 raise ValueError(f"special id {name}={token!r} is outside [0, vocab_size={self.vocab_size})")
             if _inside(token, self.speech_ranges):
                 raise ValueError(f"special id {name}={token} lies inside the speech ranges; specials must be separate ids")
+        if self.schedule.kind == "ratio" and (self.begin_audio is None or self.end_audio is None):
+            raise ValueError("a ratio schedule wraps every speech block in begin_audio / end_audio: the spec needs both ids")
 
     # ------------------------------------------------------------------ typing
     @property
@@ -223,6 +277,7 @@ class ModalitySpec:
 
         sequential / free: text, begin-of-audio, speech, end-of-audio, EOS.
         chunked(n, m): n text, m speech, ... with end-of-text closing the text channel.
+        ratio(pattern): the public WavAlign rule (ratio_layout), then EOS.
         """
         from wavalign.rollout.interleave import InterleaveState  # imports this module
 
@@ -233,6 +288,9 @@ class ModalitySpec:
             if self.begin_audio is None:
                 raise ValueError("a sequential layout needs the spec's begin_audio id")
             out = text_ids + [self.begin_audio] + speech_ids + [self.end_audio, self.eos]
+        elif self.schedule.kind == "ratio":
+            out = ratio_layout(text_ids, speech_ids, self.schedule.unit_pattern(), self.begin_audio,
+                               self.end_audio) + [self.eos]
         else:
             if self.end_text is None:
                 raise ValueError("a chunked layout needs the spec's end_text id")
@@ -266,7 +324,8 @@ class ModalitySpec:
         data = asdict(self)
         data["text_ranges"] = [list(r) for r in self.text_ranges]
         data["speech_ranges"] = [list(r) for r in self.speech_ranges]
-        data["schedule"] = {k: v for k, v in asdict(self.schedule).items() if v is not None}
+        data["schedule"] = {k: (list(v) if isinstance(v, tuple) else v)
+                            for k, v in asdict(self.schedule).items() if v is not None}
         return data
 
     @classmethod
@@ -347,6 +406,43 @@ class ModalitySpec:
         )
 
 
+def _chunks(ids: list[int], sizes: Sequence[int]) -> list[list[int]]:
+    """ids cut into consecutive chunks of sizes[0], sizes[1], ..., the last size repeating."""
+    out, start, index = [], 0, 0
+    while start < len(ids):
+        size = sizes[min(index, len(sizes) - 1)]
+        out.append(ids[start:start + size])
+        start, index = start + size, index + 1
+    return out
+
+
+def ratio_layout(text_ids: Sequence[int], speech_ids: Sequence[int], unit_pattern: Sequence[tuple[int, int]],
+                 begin_audio: int, end_audio: int) -> list[int]:
+    """A gold response's text and speech ids interleaved by a ratio list, as the public
+    WavAlign trainer lays out its SFT targets (`_apply_text_audio_interval`):
+
+    text and speech are cut independently into chunks of the pattern's sizes (the last pair
+    repeating); the stream with more chunks has its extra chunks merged into its last one, so
+    the two counts match; then each pair is its text chunk followed by its speech chunk
+    between begin/end-of-audio. Speech only: one block. No speech: the text alone (the
+    public code would keep only the first text chunk there, dropping the rest). No EOS.
+    """
+    text_ids, speech_ids = list(text_ids), list(speech_ids)
+    if not speech_ids:
+        return text_ids
+    if not text_ids:
+        return [begin_audio] + speech_ids + [end_audio]
+    text_chunks = _chunks(text_ids, [t for t, _ in unit_pattern])
+    speech_chunks = _chunks(speech_ids, [u for _, u in unit_pattern])
+    pairs = min(len(text_chunks), len(speech_chunks))
+    text_chunks = text_chunks[:pairs - 1] + [sum(text_chunks[pairs - 1:], [])]
+    speech_chunks = speech_chunks[:pairs - 1] + [sum(speech_chunks[pairs - 1:], [])]
+    out: list[int] = []
+    for text, speech in zip(text_chunks, speech_chunks):
+        out += text + [begin_audio] + speech + [end_audio]
+    return out
+
+
 def split_response(response: Iterable[int], unit_offset: int, n_units: int,
                    special_ids: frozenset[int]) -> tuple[list[int], list[int]]:
     """Response ids -> (text ids without specials, speech units = id - unit_offset) for a model
@@ -362,7 +458,7 @@ def split_response(response: Iterable[int], unit_offset: int, n_units: int,
 
 
 def load_preset(name: str) -> ModalitySpec:
-    """A spec shipped in configs/modality/<name>.yaml (e.g. 'vita_audio_like')."""
+    """A spec shipped in configs/modality/<name>.yaml (e.g. 'vita_audio_balance')."""
     presets = Path(__file__).resolve().parent / "configs" / "modality"
     path = presets / f"{name}.yaml"
     if not path.is_file():

@@ -14,6 +14,15 @@
 //                the text budget) sets text_done: the row then stays in SPEECH
 //   free:        the phase follows the type of the last token; begin_audio -> SPEECH,
 //                end_audio -> TEXT
+//   ratio(t1, u1, t2, u2, ...): VITA-Audio's interval ratio list. Pair k (the last pair
+//                repeating) is t_k text tokens, then begin_audio, u_k speech units,
+//                end_audio. Every pair but the last has exactly those sizes; the last pair
+//                is where the public layout puts the remainders, so a row declares it by
+//                leaving the quota: begin_audio before t_k text tokens (text ran out:
+//                text_done = 1, the block takes any number of units), a text token past
+//                t_k (text_done = 2: the block takes at most u_k units), or end_audio
+//                after fewer or more than u_k units. After the last block only EOS.
+//                A response that never opens a block is text only.
 //   budgets:     a row whose text budget is spent cannot emit text (sequential: must switch
 //                to speech; chunked: text_done); speech or total budget spent -> finished
 //                (kFinishLength)
@@ -23,7 +32,12 @@
 namespace wavalign {
 
 enum InterleavePhase : int8_t { kPhaseText = 0, kPhaseSpeech = 1, kPhaseClosing = 2 };
-enum InterleaveSchedule : int32_t { kScheduleSequential = 0, kScheduleChunked = 1, kScheduleFree = 2 };
+enum InterleaveSchedule : int32_t {
+  kScheduleSequential = 0,
+  kScheduleChunked = 1,
+  kScheduleFree = 2,
+  kScheduleRatio = 3,
+};
 enum FinishReason : int8_t { kFinishRunning = 0, kFinishEos = 1, kFinishLength = 2, kFinishEndAudio = 3 };
 
 // Row indices of the range table the Python side builds for each schedule.
@@ -32,7 +46,9 @@ enum AllowedSet : int32_t {
   kSetSpeech = 1,         // speech phase
   kSetSwitchToSpeech = 2, // sequential, text budget spent: begin_audio (or speech ids)
   kSetEosOnly = 3,        // closing, or a finished row (EOS keeps padding well-formed)
-  kNumAllowedSets = 4,
+  kSetTextOnly = 4,       // ratio: the first token of a text chunk after a speech block
+  kSetEndAudioOnly = 5,   // ratio: the last block is full (its text chunk ran past quota)
+  kNumAllowedSets = 6,
 };
 
 struct InterleaveArgs {
@@ -40,6 +56,10 @@ struct InterleaveArgs {
   int32_t schedule = kScheduleSequential;
   int32_t text_chunk = 0;    // chunked: text tokens per chunk
   int32_t speech_chunk = 0;  // chunked: speech tokens per chunk
+  // ratio: [2 * ratio_pairs] (text tokens, speech units) per pair, the units net of the
+  // begin/end-of-audio pair around each block; device memory on CUDA.
+  const int32_t* ratio_pattern = nullptr;
+  int32_t ratio_pairs = 0;
   // Modality of every id: 0 text, 1 speech, 2 neither. [vocab]
   const int8_t* id_modality = nullptr;
   int64_t vocab = 0;
@@ -52,10 +72,11 @@ struct InterleaveArgs {
 
   // State, read and updated in place. [n_rows] each.
   int8_t* phase = nullptr;
-  int32_t* chunk_count = nullptr;
+  int32_t* chunk_count = nullptr;  // tokens of the current chunk (ratio: text, or units of the block)
+  int32_t* chunk_index = nullptr;  // ratio: pair index of the current chunk (unused otherwise)
   int32_t* text_count = nullptr;
   int32_t* speech_count = nullptr;
-  int8_t* text_done = nullptr;
+  int8_t* text_done = nullptr;     // chunked: text channel closed; ratio: 1 / 2 = last pair (see above)
   int8_t* finish_reason = nullptr;
 
   int32_t* out_allowed_set = nullptr;  // [n_rows] AllowedSet for the next step

@@ -1,10 +1,12 @@
-"""`python -m wavalign.eval` — score a policy on the built-in world's test split, with
+"""`python -m wavalign.eval` — score a policy on the built-in world's test split (or, with a
+config whose data is a JSONL file or HF dataset, on its eval records with its judges), with
 bootstrap 95% confidence intervals, or compare two policies prompt by prompt.
 
     python -m wavalign.eval                                  # the world's base policy
     python -m wavalign.eval runs/my-run                      # a run's latest checkpoint
     python -m wavalign.eval runs/my-run/checkpoints/step_80 --out trained.json
     python -m wavalign.eval --compare base runs/my-run       # B - A per metric, judge win rate
+    python -m wavalign.eval --config my_model.yaml           # model.path on data.eval_path, its judges
 
 Metrics per prompt (greedy response): IQ (answer correct, %), EQ (style 1-5), text-speech
 WER (consistency of the two channels), the composite judge reward and each judge. A run's
@@ -22,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from wavalign.eval.checkpoints import Target, load_model, load_world_for, resolve_target, world_evaluator
+from wavalign.eval.checkpoints import (Target, data_evaluator, load_model, load_world_for, resolve_target,
+                                      world_evaluator)
 from wavalign.eval.report import (comparison_table, compare, jsonable, records_from_json, summarize,
                                   summary_table)
 from wavalign.eval.stats import DEFAULT_RESAMPLES
@@ -55,9 +58,11 @@ def _config(args, targets: list[Target]) -> TrainConfig:
 def _records(target: Target, config: TrainConfig, world, evaluator, device) -> list[dict]:
     if target.saved is not None:
         return records_from_json(target.saved["records"])
-    policy, spec = load_model(target.model_dir, device)
+    own_data = config.data.source != "world"
+    policy, spec = load_model(target.model_dir, device, config=config if own_data else None)
     if spec is not None and spec != evaluator.spec:
-        raise ValueError(f"{target.label}: its modality.yaml differs from the world's layout")
+        raise ValueError(f"{target.label}: its modality layout differs from the "
+                         f"{'evaluated model' if own_data else 'world'}'s")
     print(f"[eval] {target.label}: {len(evaluator.examples)} prompts ({config.eval.split} split)", flush=True)
     return evaluator.run(policy)
 
@@ -72,13 +77,20 @@ def main(argv=None) -> int:
                           ("cpu" if args.device == "auto" else args.device))
     names = list(args.compare) if args.compare else [args.target]
     try:
-        # The world is needed for 'base' and for scoring; saved results need nothing.
-        needs_world = any(n == "base" or not n.endswith(".json") for n in names)
         resolved = {n: resolve_target(n) for n in names if n != "base"}  # 'base' needs the world first
         config = _config(args, list(resolved.values()))
-        world = load_world_for(config) if needs_world else None
-        targets = [resolved[n] if n in resolved else resolve_target(n, world) for n in names]
-        evaluator = world_evaluator(config, world) if world is not None else None
+        scoring = any(n == "base" or not n.endswith(".json") for n in names)  # saved results need nothing
+        if config.data.source != "world":  # a real model on its own data: the world only if a judge needs it
+            from wavalign.train.rewards import REWARD_KINDS
+
+            needs_world = any(REWARD_KINDS[r.kind].needs_world for r in config.rewards.components)
+            world = load_world_for(config) if scoring and needs_world else None
+            targets = [resolved[n] if n in resolved else resolve_target(n, world, config) for n in names]
+            evaluator = data_evaluator(config, world) if scoring else None
+        else:
+            world = load_world_for(config) if scoring else None
+            targets = [resolved[n] if n in resolved else resolve_target(n, world) for n in names]
+            evaluator = world_evaluator(config, world) if world is not None else None
         records = [_records(t, config, world, evaluator, device) for t in targets]
     except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"wavalign.eval: {error}", file=sys.stderr)

@@ -4,7 +4,7 @@ score = score_min + (score_max - score_min) * P(label | audio), the audio twin o
 HFClassifierReward: a classifier of, say, "calm" vs "tense" speech becomes a 1-5 style reward.
 It listens to ``Completion.audio`` (the policy's own decoded waveform) at
 ``Completion.sample_rate``, resampled to the feature extractor's ``sampling_rate`` with
-wavalign.rewards.audio.resample (band-limited sinc, as torchaudio). A completion without
+wavalign.audio_io.resample (band-limited, soxr). A completion without
 audio gets None — counted in ``missing`` and logged — never a made-up score.
 Loads from a local directory only.
 """

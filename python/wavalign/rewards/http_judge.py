@@ -15,6 +15,14 @@ timeout_s + max_retries * backoff_max_s``. A request still running at the deadli
 abandoned; a retry whose backoff (or whose Retry-After) would end at or past the deadline
 is not started. Either way the sample gets ``None`` and the failure is counted as
 "deadline", like any other failed judge call.
+
+The judge hears the reply (`audio: true`, the default): each request carries the transcript
+and the completion's decoded waveform as a base64 WAV (resampled to `sample_rate` when set;
+otherwise at the codec's rate), in the public WavAlign request shape. A completion with speech
+units but no audio (its decode failed) gets ``None``, counted as "no_audio": it is never judged
+on its transcript alone. With `audio: false` only the transcript is sent. `prompt_template` /
+`user_template` name text files replacing the system prompt / the user text; they may use the
+fields {question}, {transcript} and {kind} (str.format_map; write ``{{`` for a literal brace).
 """
 
 from __future__ import annotations
@@ -22,19 +30,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import io
 import json
 import logging
 import math
 import os
 import random
 import re
+import string
 import time
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from wavalign.audio_io import wav_bytes  # also importable from here, as before
+from wavalign.rewards.audio import as_waveform
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +67,31 @@ PROMPTS = {
     ),
 }
 _SCORE = re.compile(r"<score>\s*([-+]?\d+(?:\.\d+)?)\s*</score>")
+#: the fields prompt_template / user_template may name
+TEMPLATE_FIELDS = ("question", "transcript", "kind")
+
+
+def user_text(question: str, transcript: str) -> str:
+    """The default user text part (the public WavAlign request shape)."""
+    return f"Question:\n{question}\n\nTranscript of answer:\n{transcript or '[empty]'}"
+
+
+def load_template(path, option: str) -> str:
+    """A template file's text, checked: it exists, parses, and names only TEMPLATE_FIELDS."""
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"judge {option}: template file not found: {file}")
+    text = file.read_text(encoding="utf-8")
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+    except ValueError as error:  # an unmatched brace
+        raise ValueError(f"judge {option} {file}: not a valid template ({error}); write {{{{ and }}}} for "
+                         "literal braces") from None
+    for name in fields:
+        if name not in TEMPLATE_FIELDS:
+            raise ValueError(f"judge {option} {file}: unknown field {{{name}}}; the fields are "
+                             f"{', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}")
+    return text
 
 
 @dataclass(frozen=True)
@@ -74,6 +109,10 @@ class JudgeConfig:
     score_max: float = 5.0
     cache_dir: str | None = None
     deadline_s: float | None = None  # total per request; None: see total_deadline_s
+    audio: bool = True  # send the decoded reply audio (False: the transcript only)
+    sample_rate: int | None = None  # resample the audio to this rate; None: the codec's
+    prompt_template: str | None = None  # file: the system prompt, with {question} {transcript} {kind}
+    user_template: str | None = None  # file: the user text part, same fields
 
     @property
     def total_deadline_s(self) -> float:
@@ -98,21 +137,14 @@ class JudgeConfig:
                 ok = False
             if not ok:
                 raise ValueError(f"deadline_s must be a finite number of seconds > 0 (or None), got {self.deadline_s!r}")
-
-
-def wav_bytes(audio, sample_rate: int) -> bytes:
-    """16-bit mono WAV of a 1-D float waveform in [-1, 1] (tensor, array or list)."""
-    import numpy as np
-
-    samples = np.asarray(audio.detach().cpu() if hasattr(audio, "detach") else audio, dtype=np.float32).reshape(-1)
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(int(sample_rate))
-        out.writeframes(pcm.tobytes())
-    return buffer.getvalue()
+        if not isinstance(self.audio, bool):
+            raise ValueError(f"audio must be true or false, got {self.audio!r}")
+        rate = self.sample_rate
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0):
+            raise ValueError(f"sample_rate must be a positive integer (Hz) or None, got {self.sample_rate!r}")
+        for option in ("prompt_template", "user_template"):
+            if getattr(self, option) is not None:
+                load_template(getattr(self, option), option)
 
 
 def parse_score(text: str, low: float, high: float) -> float | None:
@@ -130,7 +162,16 @@ class HttpJudge:
     def __init__(self, config: JudgeConfig):
         self.config = config
         self.__name__ = f"http_judge_{config.kind}"
+        # loaded once (and checked again) so every request of the run uses the same prompt
+        self.system_template = load_template(config.prompt_template, "prompt_template") \
+            if config.prompt_template else None
+        self.user_template = load_template(config.user_template, "user_template") if config.user_template else None
         self.reset_stats()
+
+    @property
+    def needs_audio(self) -> bool:
+        """An audio judge listens to the decoded reply; a transcript-only one does not."""
+        return self.config.audio
 
     def reset_stats(self) -> None:
         self.stats = {"requests": 0, "scored": 0, "cache_hits": 0, "failures": {}, "latencies": []}
@@ -138,6 +179,10 @@ class HttpJudge:
     # ------------------------------------------------------------------ public
     def __call__(self, prompts, completions, **columns) -> list[float | None]:
         questions = [self._question(p, c) for p, c in zip(prompts, completions)]
+        unheard = sum(1 for c in completions if self.config.audio and c.audio is None and c.speech_units)
+        if unheard:
+            log.warning("judge: %d of %d replies have speech units but no decoded audio; they get no score "
+                        "(no_audio)", unheard, len(completions))
         return asyncio.run(self._score_all(questions, completions))
 
     def summary(self) -> dict[str, float]:
@@ -163,16 +208,20 @@ class HttpJudge:
         return prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
 
     def _payload(self, question: str, completion) -> dict:
-        content = [{"type": "text", "text": f"User request:\n{question}\n\nTranscript of the reply:\n{completion.text}"}]
-        if completion.audio is not None:
-            if not completion.sample_rate:
-                raise ValueError("a completion with audio needs its sample_rate")
-            data = base64.b64encode(wav_bytes(completion.audio, completion.sample_rate)).decode("ascii")
+        fields = {"question": question, "transcript": completion.text or "[empty]", "kind": self.config.kind}
+        text = self.user_template.format_map(fields) if self.user_template else user_text(question, completion.text)
+        system = self.system_template.format_map(fields) if self.system_template else PROMPTS[self.config.kind]
+        content = [{"type": "text", "text": text}]
+        if self.config.audio and completion.audio is not None:
+            # as_waveform raises for audio without a sample_rate (a caller's bug, not a missing score)
+            rate = self.config.sample_rate or completion.sample_rate
+            wave = as_waveform(completion.audio, completion.sample_rate, rate, "http_judge")
+            data = base64.b64encode(wav_bytes(wave, rate)).decode("ascii")
             content.append({"type": "input_audio", "input_audio": {"data": data, "format": "wav"}})
         return {
             "model": self.config.model,
             "temperature": 0.0,
-            "messages": [{"role": "system", "content": PROMPTS[self.config.kind]},
+            "messages": [{"role": "system", "content": system},
                          {"role": "user", "content": content}],
         }
 
@@ -197,6 +246,11 @@ class HttpJudge:
             return list(await asyncio.gather(*tasks))
 
     async def _score_one(self, client, semaphore, question, completion) -> float | None:
+        if self.config.audio and completion.audio is None and completion.speech_units:
+            # the reply spoke but its speech could not be decoded: judging the transcript
+            # alone would score a different reply, so there is no score (counted)
+            self._fail("no_audio")
+            return None
         payload = self._payload(question, completion)
         cache = self._cache_path(payload)
         if cache is not None and cache.is_file():

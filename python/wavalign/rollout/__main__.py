@@ -1,4 +1,5 @@
-"""`python -m wavalign.rollout` — sample G interleaved responses per prompt with RolloutEngine.
+"""`python -m wavalign.rollout` — sample G interleaved responses per prompt (RolloutEngine, or
+the model's own generate() with --backend hf_generate).
 
     python -m wavalign.rollout --model DIR --prompts prompts.jsonl -n 4 --out rollouts.jsonl
 
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from wavalign.codes import SPEECH, TEXT
 from wavalign.data import read_jsonl
 from wavalign.modality import resolve_spec
-from wavalign.rollout.engine import ModalitySampling, RolloutEngine, SamplingParams
+from wavalign.rollout.engine import ModalitySampling, SamplingParams
 from wavalign.sampling_params import SAMPLING_FIELDS, field_problem
 
 
@@ -52,12 +53,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", help="JSONL file of prompts")
     p.add_argument("--world", choices=["default", "fast"], default="default",
                    help="without --model/--prompts: which built-in world (built and cached on first use)")
-    p.add_argument("--wav-dir", help="also write each sample's speech as WAV (built-in world only: it ships "
-                   "the unit decoder)")
+    p.add_argument("--wav-dir", help="also write each sample's speech as WAV, decoded by the built-in world's "
+                   "vocoder or by --codec")
+    p.add_argument("--codec", choices=["world", "python", "http", "onnx"],
+                   help="the speech codec that decodes units for --wav-dir (wavalign.codecs; default: the world's "
+                   "when sampling the world)")
+    p.add_argument("--codec-options", default="{}", help="the codec's options as JSON, e.g. "
+                   "'{\"factory\": \"my_codecs:glm4voice\"}' or '{\"decode_url\": \"http://127.0.0.1:9000/token2wav\"}'")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run the model directory's own modeling code (only for directories you trust)")
+    p.add_argument("--attn-implementation", default=None, help="eager, sdpa, flash_attention_2, ... (default: "
+                   "transformers' choice)")
+    p.add_argument("--backend", choices=["engine", "hf_generate"], default="engine",
+                   help="engine: wavalign's batched decode loop; hf_generate: the model's own generate() under the "
+                   "same schedule (temperature per modality only)")
     p.add_argument("--out", default="rollouts.jsonl", help="output JSONL (default: rollouts.jsonl)")
     p.add_argument("-n", "--samples", type=int, default=4, help="samples per prompt, G (default 4)")
     p.add_argument("--batch-prompts", type=int, default=8, help="prompts per engine call (default 8)")
-    p.add_argument("--modality", help="preset name (e.g. vita_audio_like) or a ModalitySpec YAML")
+    p.add_argument("--modality", help="preset name (e.g. vita_audio_balance) or a ModalitySpec YAML")
     p.add_argument("--speech-pattern", default=r"<\|audio_(\d+)\|>", help="regex naming speech tokens")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--max-text-tokens", type=int, default=None)
@@ -115,14 +128,15 @@ def _run(args) -> int:
         args.model, args.prompts = str(world.policy_path), str(world.path / "data" / "test.jsonl")
         args.modality = str(world.policy_path / "modality.yaml")
         print(f"sampling the built-in world's policy on its test prompts ({world.path})")
-    elif args.wav_dir:
-        print("--wav-dir needs a speech-unit decoder; only the built-in world ships one", file=sys.stderr)
+    elif args.wav_dir and not args.codec:
+        print("--wav-dir needs a speech codec to decode units: give --codec (python, http or onnx) and "
+              "--codec-options", file=sys.stderr)
         return 2
     if args.samples < 1:
         print(f"-n/--samples must be >= 1, got {args.samples}", file=sys.stderr)
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from wavalign.adapters import ModelAdapter
 
     model_dir = Path(args.model)
     if not model_dir.is_dir():
@@ -131,8 +145,19 @@ def _run(args) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=dtype).to(device).eval()
+    adapter = ModelAdapter()
+    tokenizer = adapter.load_tokenizer(model_dir, trust_remote_code=args.trust_remote_code)
+    model = adapter.load_model(model_dir, dtype=dtype, trust_remote_code=args.trust_remote_code,
+                               attn_implementation=args.attn_implementation).to(device).eval()
+    codec = None
+    if args.wav_dir and args.codec:
+        from wavalign.codecs import build_codec
+
+        try:
+            options = json.loads(args.codec_options)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--codec-options is not JSON ({error})") from None
+        codec = build_codec(args.codec, options, world=world, where="--codec")
     spec = resolve_spec(model_dir, tokenizer, modality=args.modality or None, speech_pattern=args.speech_pattern,
                         vocab_size=model.get_input_embeddings().weight.shape[0])
 
@@ -144,7 +169,10 @@ def _run(args) -> int:
     params = SamplingParams(text=text, speech=_sampling(args, "speech_", text),
                             max_new_tokens=args.max_new_tokens, max_text_tokens=args.max_text_tokens,
                             max_speech_tokens=args.max_speech_tokens, seed=args.seed)
-    engine = RolloutEngine(model, spec, pad_id=tokenizer.pad_token_id)
+    from wavalign.rollout import make_sampler
+
+    engine = make_sampler(args.backend, model, spec, pad_id=tokenizer.pad_token_id, adapter=adapter)
+    failed_audio = 0
     speech_offsets = torch.tensor([0] + [hi - lo for lo, hi in spec.speech_ranges]).cumsum(0)
 
     def unit_of(token: int) -> int:  # index of a speech id within the concatenated speech ranges
@@ -176,13 +204,37 @@ def _run(args) -> int:
                     "finish_reason": rollout.finish_reasons[row],
                 }
                 out.write(json.dumps(record) + "\n")
-                if world is not None and args.wav_dir:
+                if args.wav_dir and codec is not None:
+                    failed_audio += not _write_codec_wav(codec, Path(args.wav_dir), written, record["speech_units"])
+                elif world is not None and args.wav_dir:
                     _write_world_wav(world, Path(args.wav_dir), written, record["speech_units"])
                 written += 1
             bar.update(rollout.ids.shape[0])
     tmp.replace(args.out)  # atomic: a crash never leaves a half-written output
     print(f"wrote {written} samples ({len(prompts)} prompts x {args.samples}) to {args.out}")
+    if failed_audio:
+        print(f"--wav-dir: the codec failed to decode {failed_audio} of {written} samples (no WAV written for "
+              f"them; see the warnings above)", file=sys.stderr)
     return 0
+
+
+def _write_codec_wav(codec, directory: Path, index: int, units: list[int]) -> bool:
+    """One sample's speech through `codec` to sample_NNNNN.wav; False when decoding failed
+    (the codec returned None or raised: nothing is written, the failure is reported)."""
+    from wavalign.audio_io import write_audio
+
+    directory.mkdir(parents=True, exist_ok=True)
+    if not units:  # a response with no speech has nothing to write
+        return True
+    try:
+        wave = codec.decode(units)
+    except Exception as error:  # noqa: BLE001 - a codec's own failure; reported, never invented
+        print(f"--wav-dir: sample {index}: decoding failed ({type(error).__name__}: {error})", file=sys.stderr)
+        return False
+    if wave is None:
+        return False
+    write_audio(directory / f"sample_{index:05d}.wav", wave, codec.sample_rate)
+    return True
 
 
 def _write_world_wav(world, directory: Path, index: int, units: list[int]) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from wavalign import ops
+from wavalign.adapters import ModelAdapter, rows_inputs
 from wavalign.codes import PHASE_SPEECH
 from wavalign.modality import ModalitySpec
 from wavalign.rollout.interleave import InterleaveState
@@ -109,11 +110,14 @@ class _StepClock:
 
 
 class RolloutEngine:
-    def __init__(self, model, spec: ModalitySpec, *, pad_id: int | None = None, profile: bool = False):
+    def __init__(self, model, spec: ModalitySpec, *, pad_id: int | None = None, profile: bool = False,
+                 adapter=None):
         """profile: synchronise the device around each decode-step section so that
         Rollout.timings splits forward / sampling / bookkeeping exactly on CUDA (a little
-        slower). On CPU the split is exact either way."""
+        slower). On CPU the split is exact either way. adapter: a wavalign.adapters.ModelAdapter
+        that collates the prompts' extra forward inputs (default: ModelAdapter)."""
         self.model = model
+        self.adapter = adapter or ModelAdapter()
         self.spec = spec
         self.pad_id = pad_id if pad_id is not None else (spec.pad if spec.pad is not None else 0)
         self.profile = profile
@@ -135,7 +139,7 @@ class RolloutEngine:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _prefill(self, prompts: list[torch.Tensor]):
+    def _prefill(self, prompts: list[torch.Tensor], extras: list | None = None):
         lengths = torch.tensor([len(p) for p in prompts])
         width = int(lengths.max())
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.int64)
@@ -145,8 +149,10 @@ class RolloutEngine:
             mask[row, width - len(prompt):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        # The prompts' extra inputs (audio features, ...) go to the prefill only: the decode
+        # steps run on the KV cache it leaves.
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                         **self._last_logits_only)
+                         **self._last_logits_only, **rows_inputs(self.adapter, extras, self.device))
         return out.logits[:, -1, :], self._cache_of(out), mask, positions[:, -1]
 
     @staticmethod
@@ -164,8 +170,12 @@ class RolloutEngine:
                 for name, (text_value, speech_value) in pairs.items()}
 
     @torch.no_grad()
-    def generate(self, prompts, n: int = 1, params: SamplingParams | None = None, *, first_row: int = 0) -> Rollout:
+    def generate(self, prompts, n: int = 1, params: SamplingParams | None = None, *, first_row: int = 0,
+                 extras: list | None = None) -> Rollout:
         """prompts: list of 1-D id sequences (lists or tensors). Returns a Rollout of len(prompts) * n rows.
+
+        extras: per prompt, its extra forward inputs (wavalign.adapters; None entries: none),
+        passed to the prefill batched by the adapter.
 
         first_row: global index of this call's first row. Row r draws from the Philox stream
         of sample (first_row + r), so a batch split across processes (each passing its own
@@ -189,7 +199,9 @@ class RolloutEngine:
                              f"2**20 + step must fit int64")
 
         start = time.perf_counter()
-        logits, cache, mask, last_position = self._prefill(prompts)
+        if extras is not None and len(extras) != len(prompts):
+            raise ValueError(f"extras must hold one entry per prompt: {len(prompts)} prompts, {len(extras)} entries")
+        logits, cache, mask, last_position = self._prefill(prompts, extras)
         prefill_seconds = time.perf_counter() - start
 
         # Share each prompt's cache with its n samples (no re-encoding).

@@ -57,6 +57,10 @@ class InterleaveState:
             "schedule": SCHEDULE_CODES[schedule.kind],
             "text_chunk": schedule.text or 0,
             "speech_chunk": schedule.speech or 0,
+            # ratio: [2 * pairs] int32 (text tokens, speech units) per pair
+            "ratio_pattern": (torch.tensor([v for pair in schedule.unit_pattern() for v in pair],
+                                           dtype=torch.int32, device=device)
+                              if schedule.kind == "ratio" else None),
             "id_modality": spec.modality_table().to(device),
             "eos": -1 if spec.eos is None else spec.eos,
             "begin_audio": -1 if spec.begin_audio is None else spec.begin_audio,
@@ -70,6 +74,7 @@ class InterleaveState:
             "max_total": _budget(max_total, n_rows, "max_total", device),
             "phase": torch.full((n_rows,), PHASE_TEXT, dtype=torch.int8, device=device),
             "chunk_count": torch.zeros(n_rows, dtype=torch.int32, device=device),
+            "chunk_index": torch.zeros(n_rows, dtype=torch.int32, device=device),
             "text_count": torch.zeros(n_rows, dtype=torch.int32, device=device),
             "speech_count": torch.zeros(n_rows, dtype=torch.int32, device=device),
             "text_done": torch.zeros(n_rows, dtype=torch.int8, device=device),

@@ -37,6 +37,8 @@ SCALE_REWARDS = ("group", "batch", "none")
 SCHEDULES = ("cosine", "linear", "constant")
 PAIR_SOURCES = ("auto", "offline", "rollout", "gold")
 STRATEGIES = ("ddp", "fsdp2")
+ROLLOUT_BACKENDS = ("engine", "hf_generate")
+CODEC_KINDS = ("world", "python", "http", "onnx", "none")  # wavalign.codecs.build_codec
 
 
 class ConfigError(ValueError):
@@ -103,9 +105,30 @@ class ModelConfig:
     schedule: dict | None = None  # overrides the spec's interleave schedule, e.g. {kind: chunked, text: 13, speech: 26}
     gradient_checkpointing: bool = False
     lora: LoraConfig | None = None  # None: train every weight; {r, alpha, dropout, target_modules}: LoRA (peft)
+    # Run the model directory's own modeling code (config.json auto_map), as VITA-Audio ships.
+    # Only for directories you trust: it executes their Python files.
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None  # eager | sdpa | flash_attention_2 | ...; None: transformers' choice
+    # A ModelAdapter for models that need more than input ids (audio features of a spoken prompt,
+    # a custom loader): {factory: "package.module:name", init: {...}}; None: any HF causal LM.
+    adapter: dict | None = None
 
     def validate(self) -> None:
         _one_of(self.dtype, DTYPES, "model.dtype")
+        _check(isinstance(self.trust_remote_code, bool),
+               f"model.trust_remote_code must be true or false, got {self.trust_remote_code!r}")
+        _check(self.attn_implementation is None or (isinstance(self.attn_implementation, str)
+                                                    and self.attn_implementation != ""),
+               f"model.attn_implementation must be a name (eager, sdpa, flash_attention_2, ...) or null, "
+               f"got {self.attn_implementation!r}")
+        if self.adapter is not None:
+            _check(isinstance(self.adapter, dict) and isinstance(self.adapter.get("factory"), str)
+                   and self.adapter["factory"].count(":") == 1,
+                   f"model.adapter must be {{factory: 'package.module:name', init: {{...}}}} or null, "
+                   f"got {self.adapter!r}")
+            unknown = sorted(set(self.adapter) - {"factory", "init"})
+            _check(not unknown, f"model.adapter: unknown keys {unknown} (allowed: factory, init)")
+            _check(isinstance(self.adapter.get("init", {}), dict), "model.adapter.init must be a mapping")
         if self.lora is not None:
             _check(isinstance(self.lora, LoraConfig), "model.lora must be a mapping {r, alpha, dropout, "
                                                       "target_modules} or null")
@@ -171,6 +194,10 @@ class RolloutConfig:
     group_size: int = 4  # G samples per prompt
     max_new_tokens: int = 160
     num_iterations: int = 1  # PPO inner epochs: updates per batch of rollouts (behaviour log-probs stored)
+    # engine: wavalign's batched decode loop (prefill once per prompt, native sampler);
+    # hf_generate: the model's own generate() under InterleaveLogitsProcessor, for models whose
+    # forward does not fit the engine's cache handling (log-probs recomputed by a forward).
+    backend: str = "engine"
     text: ModalitySampling = field(default_factory=_text_sampling)  # text-token sampling (all seven fields)
     speech: SpeechSampling = field(default_factory=SpeechSampling)  # speech-token sampling; None = as text
 
@@ -178,6 +205,7 @@ class RolloutConfig:
         _positive(self.group_size, "rollout.group_size", integer=True)
         _positive(self.max_new_tokens, "rollout.max_new_tokens", integer=True)
         _positive(self.num_iterations, "rollout.num_iterations", integer=True)
+        _one_of(self.backend, ROLLOUT_BACKENDS, "rollout.backend")
         _check(isinstance(self.text, ModalitySampling), "rollout.text must be a mapping of sampling fields")
         try:
             self.speech_sampling
@@ -447,6 +475,23 @@ class DistributedConfig:
 
 
 @dataclass(frozen=True)
+class SpeechConfig:
+    """The speech codec that turns the policy's speech units into audio (for rewards that
+    listen, completion logs and rollout --wav-dir) and audio files into units (spoken prompts,
+    gold answers of public-format records). wavalign.codecs documents each kind's options."""
+
+    codec: str | None = None  # world | python | http | onnx | none; None: the world's when a world is loaded
+    options: dict = field(default_factory=dict)  # the kind's options (python: {factory, init}; http: urls, ...)
+
+    def validate(self) -> None:
+        _check(self.codec is None or self.codec in CODEC_KINDS,
+               f"speech.codec must be one of {list(CODEC_KINDS)} or null, got {self.codec!r}")
+        _check(isinstance(self.options, dict), f"speech.options must be a mapping, got {self.options!r}")
+        _check(not self.options or self.codec not in (None, "none", "world"),
+               f"speech.options apply to the python, http and onnx codecs, not {self.codec!r}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     mode: str = "hybrid"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -460,11 +505,12 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    speech: SpeechConfig = field(default_factory=SpeechConfig)
 
     def __post_init__(self):
         _one_of(self.mode, MODES, "mode")
         for section in ("model", "data", "rollout", "rewards", "objective", "dpo", "optim", "eval", "run",
-                        "distributed"):
+                        "distributed", "speech"):
             getattr(self, section).validate()
         if self.scores_sampling_distribution:
             for section, sampling in (("text", self.rollout.text_sampling), ("speech", self.rollout.speech_sampling)):
@@ -610,6 +656,7 @@ def _build(cls, data: Any, where: str):
 _NESTED = {
     (TrainConfig, "model"): ModelConfig, (ModelConfig, "lora"): LoraConfig, (TrainConfig, "data"): DataConfig,
     (TrainConfig, "rollout"): RolloutConfig, (TrainConfig, "rewards"): RewardsConfig,
+    (TrainConfig, "speech"): SpeechConfig,
     (RolloutConfig, "text"): ModalitySampling, (RolloutConfig, "speech"): SpeechSampling,
     (TrainConfig, "objective"): ObjectiveConfig, (TrainConfig, "gate"): GateConfig,
     (TrainConfig, "dpo"): DPOConfig, (TrainConfig, "optim"): OptimConfig, (TrainConfig, "eval"): EvalConfig,

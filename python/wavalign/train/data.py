@@ -9,8 +9,13 @@ Two record formats are read (docs/data_format.md):
 - **public**: the WavAlign release's records: ``messages`` (chat turns), ``audios``
   (input audio files), ``sft_target_text`` + ``sft_target_audio`` (gold), optional
   ``rejected_text`` + ``rejected_audio``; ``question_text``, ``task_type`` and the rest are
-  reward columns. Audio files are turned into speech units by the run's audio tokenizer (the
-  built-in world ships one; real models' speech tokenizers are not bundled).
+  reward columns. The i-th ``<|audio|>`` (or ``<audio>``) placeholder across the messages is
+  ``audios[i]``; system and earlier turns are kept as history, trailing assistant turns are
+  dropped. Audio files (WAV / FLAC / OGG, read by wavalign.audio_io) are resampled to the
+  codec's rate and turned into speech units by the run's SpeechCodec (the built-in world
+  ships one; real models' speech tokenizers are not bundled), each file once per run
+  (RecordConverter.unit_cache); the prompt keeps every turn's text and, at each placeholder,
+  its audio (ResponseFormat.prompt_ids(messages=..., audio_units=...)).
 
 A malformed record fails naming ``file:line`` (``dataset[split][index]`` for a HF dataset)
 and the problem, or, with ``skip_bad_lines``, is skipped and counted.
@@ -18,16 +23,17 @@ and the problem, or, with ``skip_bad_lines``, is skipped and counted.
 
 from __future__ import annotations
 
+import functools
 import logging
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
 
+from wavalign.audio_io import read_audio, resample
 from wavalign.data import iter_jsonl
-from wavalign.formats import GenericFormat, ResponseFormat, user_text  # noqa: F401 (GenericFormat: re-export)
+from wavalign.formats import GenericFormat, ResponseFormat, count_placeholders, user_text  # noqa: F401 (GenericFormat: re-export)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,9 @@ class TrainExample:
     columns: dict = field(default_factory=dict)  # handed to reward functions (answer, style, ...)
     prompt_text: str | None = None  # what a judge is shown as the user's request
     where: str | None = None  # "file.jsonl:12" for records read from a file (error messages)
+    # the prompt's audio files (resolved absolute paths, in placeholder order), for model
+    # adapters that compute their own audio features; empty for text-only prompts
+    prompt_audio: list[str] = field(default_factory=list)
 
 
 def judge_prompt_text(example: TrainExample, tokenizer) -> str:
@@ -54,17 +63,10 @@ def judge_prompt_text(example: TrainExample, tokenizer) -> str:
     return tokenizer.decode(example.prompt_ids, skip_special_tokens=True)
 
 
-def read_wav(path: Path) -> tuple[torch.Tensor, int]:
-    """16-bit PCM WAV -> (mono float waveform [S] in [-1, 1], sample rate)."""
-    import numpy as np
-
-    with wave.open(str(path), "rb") as handle:
-        if handle.getsampwidth() != 2:
-            raise ValueError(f"{path}: only 16-bit PCM WAV is supported")
-        frames = handle.readframes(handle.getnframes())
-        data = np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0
-        data = data.reshape(-1, handle.getnchannels()).mean(axis=1)
-        return torch.from_numpy(data.copy()), handle.getframerate()
+def read_wav(path: str | Path) -> tuple[torch.Tensor, int]:
+    """An audio file (WAV of any sample width, FLAC, OGG) -> (mono float32 waveform [S] in
+    [-1, 1], sample rate). Kept for compatibility: wavalign.audio_io.read_audio."""
+    return read_audio(path)
 
 
 class RecordConverter:
@@ -72,6 +74,13 @@ class RecordConverter:
 
     fmt: the model's ResponseFormat; codec: a SpeechCodec that turns audio files of public
     records into speech units (None: records with audio are refused, naming the field).
+    base_dir: what relative audio paths resolve against (None: the directory of the JSONL
+    file being read, else the working directory; a call's base_dir overrides it).
+
+    unit_cache: the speech units of every audio file encoded so far, keyed by (resolved path,
+    file size, mtime in ns, codec class, id(codec), codec.sample_rate), so a question audio
+    that many records share is read and encoded once per run (in memory, never on disk).
+    encodes: how many files were actually encoded (cache misses).
     """
 
     def __init__(self, fmt: ResponseFormat, vocab_size: int, *, record_format: str = "auto", codec=None,
@@ -79,12 +88,17 @@ class RecordConverter:
         self.fmt, self.vocab_size, self.record_format = fmt, vocab_size, record_format
         self.codec, self.base_dir = codec, base_dir
         self.max_prompt_tokens = max_prompt_tokens
+        self.unit_cache: dict[tuple, tuple[int, ...]] = {}
+        self.encodes = 0
 
-    def __call__(self, record: dict, index: int) -> TrainExample:
+    def __call__(self, record: dict, index: int, base_dir: Path | None = None) -> TrainExample:
         kind = self.record_format
         if kind == "auto":
             kind = "public" if ("messages" in record or "sft_target_text" in record) else "wavalign"
-        example = self._public(record, index) if kind == "public" else self._wavalign(record, index)
+        if kind == "public":
+            example = self._public(record, index, base_dir if base_dir is not None else self.base_dir)
+        else:
+            example = self._wavalign(record, index)
         self._check_ids(example)
         return example
 
@@ -115,46 +129,92 @@ class RecordConverter:
         return self.fmt.response_ids(_str(record[f"{prefix}_text"], f"{prefix}_text"),
                                      _int_list(record[f"{prefix}_units"], f"{prefix}_units"))
 
-    def _public(self, record: dict, index: int) -> TrainExample:
+    def _public(self, record: dict, index: int, base_dir: Path | None) -> TrainExample:
         messages = record.get("messages")
         if not (isinstance(messages, list) and messages and all(isinstance(m, dict) and "content" in m
                                                                  for m in messages)):
             raise ValueError("messages must be a non-empty list of {role, content} objects")
+        for number, message in enumerate(messages):
+            if not isinstance(message["content"], str):
+                raise ValueError(f"messages[{number}].content must be a string, got "
+                                 f"{type(message['content']).__name__}")
         audios = record.get("audios") or []
         if not isinstance(audios, list):
             raise ValueError("audios must be a list of file paths")
-        prompt_units = None
-        if audios:
-            prompt_units = [u for path in audios for u in self._units_of(path, "audios")]
-        prompt = self.fmt.prompt_ids(messages=messages, units=prompt_units)
+        counts = count_placeholders(messages)
+        if sum(counts) != len(audios):
+            raise ValueError(f"the messages hold {sum(counts)} audio placeholder(s) (<|audio|> / <audio>) but "
+                             f"audios lists {len(audios)} file(s); each placeholder, in order, is one file")
+        kept = len(messages)
+        while kept and messages[kept - 1].get("role") == "assistant":  # the model answers the last user turn
+            kept -= 1
+        if not kept:
+            raise ValueError("messages hold no turn before the assistant's (the prompt would be empty)")
+        messages, used = messages[:kept], sum(counts[:kept])
+        files = [self._audio_file(path, f"audios[{i}]", base_dir) for i, path in enumerate(audios[:used])]
+        if files:
+            audio_units = [self._units_of(file, f"audios[{i}]") for i, file in enumerate(files)]
+            prompt = self.fmt.prompt_ids(messages=messages, audio_units=audio_units)
+        else:
+            prompt = self.fmt.prompt_ids(messages=messages)
         response = rejected = None
         if "sft_target_text" in record:
             if "sft_target_audio" not in record:
                 raise ValueError("sft_target_text needs sft_target_audio")
-            response = self.fmt.response_ids(_str(record["sft_target_text"], "sft_target_text"),
-                                             self._units_of(record["sft_target_audio"], "sft_target_audio"))
+            units = self._units_of(self._audio_file(record["sft_target_audio"], "sft_target_audio", base_dir),
+                                   "sft_target_audio")
+            response = self.fmt.response_ids(_str(record["sft_target_text"], "sft_target_text"), units)
         if "rejected_text" in record:
             if "rejected_audio" not in record:
                 raise ValueError("rejected_text needs rejected_audio")
-            rejected = self.fmt.response_ids(_str(record["rejected_text"], "rejected_text"),
-                                             self._units_of(record["rejected_audio"], "rejected_audio"))
+            units = self._units_of(self._audio_file(record["rejected_audio"], "rejected_audio", base_dir),
+                                   "rejected_audio")
+            rejected = self.fmt.response_ids(_str(record["rejected_text"], "rejected_text"), units)
         columns = {k: v for k, v in record.items() if k not in PUBLIC_KEYS}
         return TrainExample(str(record.get("id", index)), prompt, response, rejected, columns,
-                            record.get("question_text") or user_text(messages) or None)
+                            record.get("question_text") or user_text(messages) or None,
+                            prompt_audio=[str(file) for file in files])
 
-    def _units_of(self, path, key: str) -> list[int]:
+    def _audio_file(self, path, key: str, base_dir: Path | None) -> Path:
+        """A record's audio path -> the resolved absolute file (relative paths against base_dir)."""
         if self.codec is None:
             raise ValueError(f"{key}: turning audio files into speech units needs a speech codec; this run has "
                              f"none (only the built-in world ships one) - give units in the wavalign format instead")
-        if not isinstance(path, str):
+        if not isinstance(path, str) or not path:
             raise ValueError(f"{key} must hold file paths, got {path!r}")
-        file = Path(path)
-        if not file.is_absolute() and self.base_dir is not None:
-            file = self.base_dir / file
-        if not file.is_file():
-            raise ValueError(f"{key}: audio file not found: {file}")
-        waveform, rate = read_wav(file)
-        return self.codec.encode(waveform, rate)
+        file = Path(path).expanduser()
+        if not file.is_absolute() and base_dir is not None:
+            file = Path(base_dir) / file
+        return file.resolve()
+
+    def _units_of(self, file: Path, key: str) -> list[int]:
+        """An audio file -> its speech units: read (wavalign.audio_io), resampled to the codec's
+        rate, encoded; once per file and codec (unit_cache)."""
+        try:
+            stat = file.stat()
+        except OSError:
+            raise ValueError(f"{key}: audio file not found: {file}") from None
+        if not callable(getattr(self.codec, "encode", None)) or getattr(self.codec, "can_encode", True) is False:
+            raise ValueError(f"{key}: turning audio files into speech units needs a codec that encodes; this "
+                             f"run's speech.codec ({type(self.codec).__name__}) only decodes")
+        rate = int(self.codec.sample_rate)
+        cache_key = (str(file), stat.st_size, stat.st_mtime_ns, type(self.codec).__qualname__, id(self.codec), rate)
+        cached = self.unit_cache.get(cache_key)
+        if cached is not None:
+            return list(cached)
+        try:
+            waveform, file_rate = read_audio(file)
+            if file_rate != rate:
+                waveform = resample(waveform, file_rate, rate)
+            units = [int(u) for u in self.codec.encode(waveform, rate)]
+        except ValueError as error:
+            message = str(error)
+            raise ValueError(f"{key}: {message}" if str(file) in message else f"{key}: {file}: {message}") from None
+        if not units:
+            raise ValueError(f"{key}: {file}: the codec gave no speech units (the audio is too short?)")
+        self.encodes += 1
+        self.unit_cache[cache_key] = tuple(units)
+        return units
 
     def _check_ids(self, example: TrainExample) -> None:
         for name in ("prompt_ids", "response_ids", "rejected_ids"):
@@ -213,10 +273,13 @@ def _convert_records(records: Iterable[tuple[str, int, dict | ValueError]], conv
 
 def load_jsonl_examples(path: str | Path, convert: RecordConverter, *, skip_bad_lines: bool = False
                         ) -> tuple[list[TrainExample], int]:
-    """-> (examples, number of skipped bad lines). Errors name file:line."""
+    """-> (examples, number of skipped bad lines). Errors name file:line. Relative audio paths
+    of public records resolve against convert.base_dir, else this file's directory."""
     path = Path(path)
+    base_dir = convert.base_dir if convert.base_dir is not None else path.parent
     return _convert_records(((f"{path}:{number}", number, record) for number, record in iter_jsonl(path)),
-                            convert, skip_bad_lines=skip_bad_lines, label=str(path))
+                            functools.partial(convert, base_dir=base_dir), skip_bad_lines=skip_bad_lines,
+                            label=str(path))
 
 
 # A single data file's loader (datasets' packaged builders), by suffix.
@@ -342,7 +405,8 @@ def load_examples(config, world, fmt: ResponseFormat, vocab_size: int, codec=Non
 
     codec: the SpeechCodec that turns audio files of public records into units (the world's,
     when a world is loaded), or None. Relative audio paths resolve against the JSONL file's
-    directory, or the dataset's directory (a data file's directory)."""
+    directory, or the dataset's directory (a data file's directory). One RecordConverter (and
+    so one unit cache) serves both splits."""
     c = config.data
     if c.source == "world":
         return world_examples(world.examples("train")), world_examples(world.examples(config.eval.split)), 0
@@ -354,7 +418,7 @@ def load_examples(config, world, fmt: ResponseFormat, vocab_size: int, codec=Non
         def load(split):
             return load_hf_examples(c.path, split, convert, skip_bad_lines=c.skip_bad_lines)
     else:
-        base_dir = Path(c.train_path).parent
+        base_dir = None  # each JSONL file's own directory
         sources = [c.train_path, c.eval_path]
 
         def load(file):

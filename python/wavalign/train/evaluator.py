@@ -15,6 +15,7 @@ A record holds, for one prompt and the policy's (greedy by default) response:
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -24,8 +25,10 @@ import torch
 
 from wavalign.modality import ModalitySpec
 from wavalign.rewards.completions import make_completions
-from wavalign.rollout.engine import ModalitySampling, Rollout, RolloutEngine, SamplingParams
+from wavalign.rollout.engine import ModalitySampling, Rollout, RolloutEngine, SamplingParams  # noqa: F401
 from wavalign.train.data import batch_columns, check_columns, judge_prompt_text
+
+log = logging.getLogger(__name__)
 
 #: Per-prompt metrics and whether higher is better (None: neither).
 METRICS = {"IQ": True, "EQ": True, "WER": False, "reward": True, "length": None}
@@ -74,15 +77,22 @@ class PolicyEvaluator:
     temperature: float = 0.0
     n: int = 1
     seed: int = EVAL_SEED
+    backend: str = "engine"  # rollout.backend: engine | hf_generate
+    adapter: object | None = None  # the model's wavalign.adapters.ModelAdapter (extra forward inputs)
 
     @torch.no_grad()
     def rollout(self, policy) -> Rollout:
+        from wavalign.adapters import ModelAdapter, prompt_inputs_of
+        from wavalign.rollout import make_sampler
+
         was_training = policy.training
         policy.eval()
-        engine = RolloutEngine(policy, self.spec, pad_id=self.pad_id)
+        adapter = self.adapter or ModelAdapter()
+        engine = make_sampler(self.backend, policy, self.spec, pad_id=self.pad_id, adapter=adapter)
         sampling = ModalitySampling(temperature=self.temperature)
         params = SamplingParams(text=sampling, speech=sampling, max_new_tokens=self.max_new_tokens, seed=self.seed)
-        rollout = engine.generate([x.prompt_ids for x in self.examples], n=self.n, params=params)
+        rollout = engine.generate([x.prompt_ids for x in self.examples], n=self.n, params=params,
+                                  extras=prompt_inputs_of(adapter, self.examples))
         policy.train(was_training)
         return rollout
 
@@ -95,7 +105,11 @@ class PolicyEvaluator:
         if len(responses) != len(self.examples) * self.n:
             raise ValueError(f"{len(responses)} responses for {len(self.examples)} examples x {self.n}")
         listens = getattr(self.reward_fn, "needs_audio", False)
-        completions = make_completions(self.format, responses, self.codec if listens else None)
+        decode = {}
+        completions = make_completions(self.format, responses, self.codec if listens else None, stats=decode)
+        if decode.get("decode_failed"):
+            log.warning("evaluation: the speech codec failed on %d of %d responses; judges that listen score them "
+                        "None", decode["decode_failed"], decode["decode_requested"])
         records = []
         for row, completion in enumerate(completions):
             example = self.examples[row // self.n]
@@ -119,10 +133,13 @@ class PolicyEvaluator:
 
 
 def build_evaluator(config, *, examples: Sequence, spec: ModalitySpec, tokenizer, format, world=None,
-                    reward_fn=None, exact: Callable | None | str = "auto") -> PolicyEvaluator:
+                    reward_fn=None, exact: Callable | None | str = "auto", codec="world",
+                    adapter=None) -> PolicyEvaluator:
     """The evaluator a TrainConfig describes: the first `eval.limit` examples, greedy
     (eval.temperature), the rollout's response budget, the given judges, and exact metrics
-    (exact="auto": the world's when the examples are the world's, i.e. data.source is world)."""
+    (exact="auto": the world's when the examples are the world's, i.e. data.source is world).
+    codec: the SpeechCodec for rewards that listen ("world": the world's, when there is one);
+    adapter: the model's ModelAdapter."""
     e = config.eval
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (spec.pad or 0)
     if exact == "auto":
@@ -131,9 +148,11 @@ def build_evaluator(config, *, examples: Sequence, spec: ModalitySpec, tokenizer
     if reward_fn is not None:
         check_columns(examples, reward_fn)
     return PolicyEvaluator(spec=spec, pad_id=pad_id, examples=examples, format=format, exact=exact,
-                           reward_fn=reward_fn, codec=world.codec if world is not None else None,
+                           reward_fn=reward_fn,
+                           codec=(world.codec if world is not None else None) if codec == "world" else codec,
                            prompt_text=partial(judge_prompt_text, tokenizer=tokenizer),
-                           max_new_tokens=config.rollout.max_new_tokens, temperature=e.temperature)
+                           max_new_tokens=config.rollout.max_new_tokens, temperature=e.temperature,
+                           backend=config.rollout.backend, adapter=adapter)
 
 
 def metric_names(records: Sequence[dict]) -> list[str]:

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import torch
 
+from wavalign.adapters import ModelAdapter, load_adapter
 from wavalign.formats import GenericFormat
 from wavalign.modality import ModalitySpec, resolve_spec
 from wavalign.train import fsdp, lora
 from wavalign.train.distributed import Ranks
-from wavalign.train.logprobs import ResponseLogprobs
+from wavalign.logprobs import ResponseLogprobs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -34,22 +35,27 @@ class LoadedPolicy:
     reference: ResponseLogprobs | lora.AdapterDisabledReference | None
     sharded: bool  # FSDP2
     lora: bool = False  # the policy is a PeftModel: only its adapters are trainable
+    adapter: ModelAdapter | None = None  # how the model is loaded and fed (wavalign.adapters)
 
 
 def load_policy(config, world, device: torch.device, ranks: Ranks) -> LoadedPolicy:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     c = config.model
     path = world.policy_path if c.path == "world" else Path(c.path)
     if not path.is_dir():
         raise FileNotFoundError(f"model.path: no such model directory: {path}")
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    adapter = load_adapter(c.adapter)
+    tokenizer = adapter.load_tokenizer(path, trust_remote_code=c.trust_remote_code)
     spec = resolve_spec(path, tokenizer, modality=c.modality, schedule=c.schedule)
     dtype = DTYPES[c.dtype]
-    policy = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device)
-    if spec.vocab_size > policy.get_output_embeddings().weight.shape[0]:
-        raise ValueError(f"the ModalitySpec's vocab_size {spec.vocab_size} exceeds the model's output "
-                         f"size {policy.get_output_embeddings().weight.shape[0]}")
+
+    def load():
+        return adapter.load_model(path, dtype=dtype, trust_remote_code=c.trust_remote_code,
+                                  attn_implementation=c.attn_implementation)
+
+    policy = load().to(device)
+    head_size = adapter.output_embeddings(policy).weight.shape[0]
+    if spec.vocab_size > head_size:
+        raise ValueError(f"the ModalitySpec's vocab_size {spec.vocab_size} exceeds the model's output size {head_size}")
     if c.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     if c.lora is not None:  # before DDP / FSDP2: the optimizer sees only the adapters
@@ -57,7 +63,7 @@ def load_policy(config, world, device: torch.device, ranks: Ranks) -> LoadedPoli
             policy.enable_input_require_grads()
         policy = lora.wrap(policy, c.lora, path, seed=config.run.seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (spec.pad or 0)
-    logprob_module = ResponseLogprobs(policy)
+    logprob_module = ResponseLogprobs(policy, adapter)
     trainable = logprob_module
     sharded = ranks.distributed and config.distributed.strategy == "fsdp2"
     if sharded:  # parameters become shards; the optimizer (built later) holds only this rank's
@@ -72,15 +78,25 @@ def load_policy(config, world, device: torch.device, ranks: Ranks) -> LoadedPoli
     if config.needs_reference and c.lora is not None:  # the base = the policy with its adapters disabled
         reference = lora.AdapterDisabledReference(logprob_module)
     elif config.needs_reference:  # frozen, eval mode, never in the optimizer
-        frozen = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
+        frozen = load().to(device).eval()
         frozen.requires_grad_(False)
-        reference = ResponseLogprobs(frozen).eval()
+        reference = ResponseLogprobs(frozen, adapter).eval()
         if sharded:
             fsdp.shard(reference, frozen, device, cpu_offload=config.distributed.cpu_offload)
             _touch(reference, device)
     format = world.format if world is not None and c.path == "world" else GenericFormat(tokenizer, spec)
     return LoadedPolicy(path, policy, tokenizer, spec, pad_id, format, logprob_module, trainable, reference, sharded,
-                        lora=c.lora is not None)
+                        lora=c.lora is not None, adapter=adapter)
+
+
+def load_codec(config, world):
+    """The run's SpeechCodec: speech.codec built by wavalign.codecs.build_codec, or with
+    speech.codec unset the built-in world's when a world is loaded (else None)."""
+    from wavalign.codecs import build_codec
+
+    if config.speech.codec is None:
+        return world.codec if world is not None else None
+    return build_codec(config.speech.codec, config.speech.options, world=world)
 
 
 @torch.no_grad()

@@ -4,7 +4,8 @@ Component kinds (`rewards.components[i].kind`, options in `.options`):
 
     world_semantic, world_acoustic          the built-in world's noisy 1-5 judges
     world_semantic_exact, world_acoustic_exact   their noise-free targets (diagnostics)
-    http_judge           HttpJudge; options are JudgeConfig fields (base_url, model, kind, ...)
+    http_judge           HttpJudge; options are JudgeConfig fields (base_url, model, kind, audio,
+                         sample_rate, prompt_template, ...); it hears the reply unless audio: false
     python               your own reward function: {function: "package.module:name"}; with
                          {init: {...}} the named object is called with those keyword arguments
                          to build the reward (a class or a factory)
@@ -12,18 +13,19 @@ Component kinds (`rewards.components[i].kind`, options in `.options`):
     hf_audio_classifier  HFAudioClassifierReward on the decoded speech: {model: DIR, label, ...}
     onnx                 OnnxReward: {path: FILE.onnx, input: audio | units, ...}
 
-Rewards that listen to audio (they declare `needs_audio`: hf_audio_classifier, onnx with
-input=audio) get each completion's waveform decoded from its speech units by the run's
-SpeechCodec (the built-in world's tokenizer + vocoder is the one wavalign ships); without a
-codec they are refused before training starts.
+Rewards that listen to audio (they declare `needs_audio`: http_judge unless audio: false,
+hf_audio_classifier, onnx with input=audio) get each completion's waveform decoded from its
+speech units by the run's SpeechCodec (`speech.codec`: the built-in world's, or a python,
+http or onnx codec, wavalign.codecs.build_codec); without a codec they are refused before
+training starts.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Callable
 
+from wavalign.imports import import_object
 from wavalign.rewards.base import CompositeReward, needs_audio
 
 #: world judges draw their noise from judge_seed + offset; evaluation uses its own draws
@@ -33,16 +35,7 @@ EVAL_JUDGE_SEED_OFFSET = 10_000
 def load_python_reward(options: dict, where: str = "python reward") -> Callable:
     """options {function: "package.module:name", init: {...} (optional)} -> the reward callable."""
     target = options.get("function")
-    if not isinstance(target, str) or target.count(":") != 1:
-        raise ValueError(f"{where}: options.function must look like 'package.module:name', got {target!r}")
-    module_name, attr = target.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"{where}: cannot import module {module_name!r} ({error})") from None
-    if not hasattr(module, attr):
-        raise ValueError(f"{where}: module {module_name!r} has no attribute {attr!r}")
-    fn = getattr(module, attr)
+    fn = import_object(target, where, "options.function")
     if "init" in options:
         if not isinstance(options["init"], dict):
             raise ValueError(f"{where}: options.init must be a mapping of keyword arguments")
@@ -111,7 +104,7 @@ REWARD_KINDS: dict[str, RewardKind] = {
     "world_acoustic": RewardKind(_world_judge("acoustic_judge"), needs_world=True),
     "world_semantic_exact": RewardKind(_world_exact("semantic"), needs_world=True),
     "world_acoustic_exact": RewardKind(_world_exact("acoustic"), needs_world=True),
-    "http_judge": RewardKind(_http_judge, required_option="base_url"),
+    "http_judge": RewardKind(_http_judge, required_option="base_url", listens=lambda o: o.get("audio", True)),
     "python": RewardKind(_python, required_option="function"),
     "hf_classifier": RewardKind(_hf_classifier, required_option="model"),
     "hf_audio_classifier": RewardKind(_hf_audio_classifier, required_option="model", listens=lambda o: True),
@@ -140,8 +133,9 @@ def build_reward(rc, world, seed_offset: int = 0, *, codec=None) -> CompositeRew
 
     def refuse(listeners):
         raise ValueError(f"reward components {listeners} listen to audio, but this run has no speech codec to "
-                         "decode the policy's units (wavalign ships one for the built-in world); score the speech "
-                         "units instead (onnx with input=units) or wrap your own decoder in a python reward")
+                         "decode the policy's units: set speech.codec (world, python, http or onnx) to decode "
+                         "them, give an http_judge audio: false to judge the transcript only, or score the "
+                         "speech units instead (onnx with input=units)")
 
     if codec is None:
         early = [c.name for c in rc.components if c.kind in REWARD_KINDS and REWARD_KINDS[c.kind].listens(c.options)]

@@ -25,12 +25,14 @@ from typing import Callable, Sequence
 import torch
 
 from wavalign import ops
+from wavalign.adapters import ModelAdapter, prompt_inputs_of
 from wavalign.codes import PHASE_SPEECH
 from wavalign.rewards.base import Completion, CompositeReward, RewardResult
 from wavalign.rewards.completions import make_completions
-from wavalign.rollout.engine import Rollout, RolloutEngine, SamplingParams
+from wavalign.rollout import make_sampler
+from wavalign.rollout.engine import Rollout, SamplingParams
 from wavalign.train.data import TrainExample, batch_columns
-from wavalign.train.logprobs import ResponseRows
+from wavalign.logprobs import ResponseRows
 from wavalign.train.config import LOSS_TYPES as LOSS_NORMALIZATIONS
 from wavalign.train.losses import dpo_loss, hybrid_loss, policy_gradient_loss, sft_loss, token_weights
 from wavalign.train.pairs import best_vs_worst, gold_vs_sampled, pair_scores
@@ -59,6 +61,9 @@ class StepBatch:
     stats: ops.GroupStats | None = None  # advantages [B, G], per-group variance / max / flags
     gold: ResponseRows | None = None  # [M] gold responses, M <= B
     timings: dict[str, float] = field(default_factory=dict)  # seconds: rollout, reward
+    # Speech the codec could not decode for rewards that listen ({decode_requested, decode_failed});
+    # those completions carry no audio, and judges that need it give None.
+    decode_stats: dict[str, int] = field(default_factory=dict)
     # Filled before learning, by the trainer:
     world_size: int = 1  # ranks whose gradients are averaged
     global_pg_tokens: float | None = None  # loss_type dapo: RL normaliser tokens summed over ranks
@@ -104,15 +109,20 @@ class StepBatch:
                          spec=first.spec, pad_id=first.pad_id, rows=rows, sampling_logprobs=sampling,
                          finish_reasons=[r for b in batches for r in b.finish_reasons],
                          completions=[c for b in batches for c in b.completions], rewards=cat([b.rewards for b in batches]),
-                         reward=reward, stats=stats, gold=rows_of([b.gold for b in batches]), timings=timings)
+                         reward=reward, stats=stats, gold=rows_of([b.gold for b in batches]), timings=timings,
+                         decode_stats={k: sum(b.decode_stats.get(k, 0) for b in batches)
+                                       for k in {k for b in batches for k in b.decode_stats}})
 
 
-def gold_rows(examples: Sequence[TrainExample], spec, pad_id: int) -> ResponseRows | None:
-    """The gold responses of the examples that carry one, typed by the spec."""
-    gold = [(e.prompt_ids, e.response_ids) for e in examples if e.response_ids is not None]
-    if not gold:
+def gold_rows(examples: Sequence[TrainExample], spec, pad_id: int, extras: Sequence | None = None
+              ) -> ResponseRows | None:
+    """The gold responses of the examples that carry one, typed by the spec; extras: each
+    example's extra forward inputs (wavalign.adapters), or None."""
+    keep = [i for i, e in enumerate(examples) if e.response_ids is not None]
+    if not keep:
         return None
-    return ResponseRows.from_lists([p for p, _ in gold], [r for _, r in gold], spec, pad_id)
+    return ResponseRows.from_lists([examples[i].prompt_ids for i in keep], [examples[i].response_ids for i in keep],
+                                   spec, pad_id, extras=None if extras is None else [extras[i] for i in keep])
 
 
 def dpo_pair_source(config, examples: Sequence[TrainExample]) -> str:
@@ -134,11 +144,12 @@ class Collector:
     """
 
     def __init__(self, config, *, policy, spec, pad_id: int, format, reward_fn: CompositeReward | None,
-                 prompt_text: Callable[[TrainExample], str], codec=None, gathered=None):
+                 prompt_text: Callable[[TrainExample], str], codec=None, gathered=None, adapter=None):
         self.config, self.policy, self.spec, self.pad_id = config, policy, spec, pad_id
         self.format, self.reward_fn, self.prompt_text = format, reward_fn, prompt_text
         self.codec = codec if reward_fn is not None and reward_fn.needs_audio else None
         self.gathered = gathered or nullcontext
+        self.adapter = adapter or ModelAdapter()
 
     def sampling(self, seed: int) -> SamplingParams:
         r = self.config.rollout
@@ -151,11 +162,18 @@ class Collector:
         c = self.config
         G = c.rollout.group_size
         batch = StepBatch(examples=list(examples), group_size=G, spec=self.spec, pad_id=self.pad_id)
+        extras = prompt_inputs_of(self.adapter, examples)  # [B] extra forward inputs (None: ids only)
+        has_extras = any(e is not None for e in extras)
+        if has_extras and c.mode == "dpo":
+            raise ValueError("this model's adapter gives prompts extra forward inputs, which DPO pairs do not carry "
+                             "yet; use mode hybrid, grpo or sft")
         if c.mode != "sft" and not (c.mode == "dpo" and dpo_pair_source(c, examples) == "offline"):
             t0 = time.perf_counter()
-            rollout = self._rollout(examples, seed=c.run.seed * 1_000_003 + step, first_row=first_prompt * G)
+            rollout = self._rollout(examples, seed=c.run.seed * 1_000_003 + step, first_row=first_prompt * G,
+                                    extras=extras if has_extras else None)
             batch.rows = ResponseRows([p for p in rollout.prompt_ids for _ in range(G)], rollout.ids,
-                                      rollout.lengths, rollout.token_types)
+                                      rollout.lengths, rollout.token_types,
+                                      extras=[e for e in extras for _ in range(G)] if has_extras else None)
             if c.scores_sampling_distribution:  # score each token as it was drawn
                 text_t, speech_t = c.rollout.text_sampling.temperature, c.rollout.speech_sampling.temperature
                 batch.rows.temperature = torch.where(rollout.phases == PHASE_SPEECH, speech_t, text_t).float()
@@ -169,19 +187,21 @@ class Collector:
                 batch.timings["reward"] = time.perf_counter() - t0
                 if c.mode in ("hybrid", "grpo"):
                     batch.stats = group_statistics(batch.rewards, c.objective)
-        batch.gold = gold_rows(examples, self.spec, self.pad_id)
+        batch.gold = gold_rows(examples, self.spec, self.pad_id, extras if has_extras else None)
         return batch
 
-    def _rollout(self, examples: list[TrainExample], *, seed: int, first_row: int) -> Rollout:
+    def _rollout(self, examples: list[TrainExample], *, seed: int, first_row: int, extras=None) -> Rollout:
         self.policy.eval()
-        engine = RolloutEngine(self.policy, self.spec, pad_id=self.pad_id)
+        engine = make_sampler(self.config.rollout.backend, self.policy, self.spec, pad_id=self.pad_id,
+                              adapter=self.adapter)
         with self.gathered():  # FSDP2: ranks decode for different lengths
             return engine.generate([e.prompt_ids for e in examples], n=self.config.rollout.group_size,
-                                   params=self.sampling(seed), first_row=first_row)
+                                   params=self.sampling(seed), first_row=first_row, extras=extras)
 
     def _score(self, batch: StepBatch, keys: list[str]) -> None:
         G = batch.group_size
-        batch.completions = make_completions(self.format, batch.rows.responses(), self.codec)
+        batch.completions = make_completions(self.format, batch.rows.responses(), self.codec,
+                                             stats=batch.decode_stats)
         prompts = [self.prompt_text(e) for e in batch.examples for _ in range(G)]
         columns = batch_columns(batch.examples, G)
         columns["sample_key"] = keys
@@ -243,6 +263,8 @@ def collect_metrics(batch: StepBatch) -> dict[str, float]:
                "rollout/speech_entropy": _mean_where(-batch.sampling_logprobs, types == 1),
                "rollout/eos_fraction": sum(r == "eos" for r in batch.finish_reasons) / len(lengths)}
     metrics.update({f"reward/{name}": _nan_mean(values) for name, values in batch.reward.as_dict().items()})
+    if batch.decode_stats.get("decode_failed"):  # logged when it happens (the world's codec never fails)
+        metrics["audio/decode_failed"] = float(batch.decode_stats["decode_failed"])
     if batch.stats is not None:
         metrics.update({f"groups/{k}": v for k, v in batch.stats.summary().items()})
     return metrics

@@ -30,8 +30,10 @@ from wavalign.train.data import PromptSampler, TrainExample, check_columns, judg
 from wavalign.train.distributed import Ranks, pick_device  # noqa: F401 (pick_device: re-export)
 from wavalign.train.evaluator import PolicyEvaluator, build_evaluator, mean_summary
 from wavalign.train.gate import AdaptiveGate
-from wavalign.train.logprobs import RowLogprobs, allowed_set_masks
-from wavalign.train.model import build_optimizer, full_states, lr_lambda, load_policy, load_states  # noqa: F401
+from wavalign.logprobs import RowLogprobs, allowed_set_masks
+from wavalign.train.model import (  # noqa: F401
+    build_optimizer, full_states, load_codec, load_policy, load_states, lr_lambda,
+)
 from wavalign.train.rewards import EVAL_JUDGE_SEED_OFFSET, REWARD_KINDS, build_reward
 from wavalign.train.run_dir import RunDirLock, check_free_space, checkpoint_bytes
 from wavalign.train.run_dir import prepare as prepare_run_dir
@@ -70,11 +72,12 @@ class Trainer:
         self.loaded = load_policy(config, self.world, self.device, self.ranks)
         self.policy, self.tokenizer, self.spec = self.loaded.policy, self.loaded.tokenizer, self.loaded.spec
         self.pad_id, self.format = self.loaded.pad_id, self.loaded.format
-        codec = self.world.codec if self.world is not None else None
+        codec = self.codec = load_codec(config, self.world)  # speech.codec (default: the world's, if any)
+        adapter = self.loaded.adapter
         self.train_examples, self.eval_examples, self.skipped_lines = load_examples(
             config, self.world, self.format, self.spec.vocab_size, codec)
-        self.reward_fn = None if config.mode == "sft" else build_reward(config.rewards, self.world, 0)
-        eval_reward = (build_reward(config.rewards, self.world, EVAL_JUDGE_SEED_OFFSET)
+        self.reward_fn = None if config.mode == "sft" else build_reward(config.rewards, self.world, 0, codec=codec)
+        eval_reward = (build_reward(config.rewards, self.world, EVAL_JUDGE_SEED_OFFSET, codec=codec)
                        if config.mode != "sft" or self.world is not None else None)
         # Every record must carry the columns its rewards read: fail now, naming file:line.
         if self.reward_fn is not None:
@@ -86,16 +89,19 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(self.policy, config)  # with model.lora: the adapters
         self.evaluator = evaluator or build_evaluator(config, examples=self.eval_examples, spec=self.spec,
                                                       tokenizer=self.tokenizer, format=self.format,
-                                                      world=self.world, reward_fn=eval_reward)
+                                                      world=self.world, reward_fn=eval_reward, codec=codec,
+                                                      adapter=adapter)
         self.collector = Collector(config, policy=self.policy, spec=self.spec, pad_id=self.pad_id,
                                    format=self.format, reward_fn=self.reward_fn, prompt_text=self._prompt_text,
-                                   codec=codec, gathered=lambda: fsdp.full_parameters(self.loaded.logprob_module))
+                                   codec=codec, gathered=lambda: fsdp.full_parameters(self.loaded.logprob_module),
+                                   adapter=adapter)
         set_masks = None
         if config.scores_sampling_distribution:  # rollout rows are scored under their sampling sets
             set_masks = allowed_set_masks(self.spec, self.policy.get_output_embeddings().weight.shape[0])
-        self.logprob_fn = RowLogprobs(self.loaded.trainable, self.pad_id, self.device, set_masks=set_masks)
+        self.logprob_fn = RowLogprobs(self.loaded.trainable, self.pad_id, self.device, set_masks=set_masks,
+                                      adapter=adapter)
         self.ref_logprob_fn = (RowLogprobs(self.loaded.reference, self.pad_id, self.device, reshard=self.loaded.sharded,
-                                           set_masks=set_masks) if self.loaded.reference is not None else None)
+                                           set_masks=set_masks, adapter=adapter) if self.loaded.reference is not None else None)
         self.step = 0
         self.counters = {"skipped_nonfinite_steps": 0, "judge_failures": 0, "samples_scored": 0}
         self.evaluations: dict[str, dict] = {}
@@ -217,13 +223,12 @@ class Trainer:
     def _log_completions(self, batch: StepBatch, learned: dict) -> None:
         """Completion logs (run.log_completions_every; off by default): every N steps, this
         rank's samples of the step to completions/step_N.jsonl and step_N/<row>.wav (speech
-        through the world's codec) and to the trackers. Only rank 0 writes (its own rows)."""
+        through the run's codec) and to the trackers. Only rank 0 writes (its own rows)."""
         every, step = self.config.run.log_completions_every, self.step + 1  # the step metrics.jsonl records
         if not (every and step % every == 0 and self.is_main and batch.completions):
             return
         rows = completion_rows(batch, [self._prompt_text(e) for e in batch.examples], learned.get("gate/lambda"))
-        self.run_log.write_completions(step, rows, batch.completions,
-                                       self.world.codec if self.world is not None else None)
+        self.run_log.write_completions(step, rows, batch.completions, self.codec)
 
     def _check_rewards(self, batch: StepBatch) -> None:
         """Count samples without a reward (all ranks); stop when the judge fails too often."""

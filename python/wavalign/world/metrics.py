@@ -86,8 +86,8 @@ class WorldScorer:
 
     def assess_audio(self, text: str, audio, sample_rate: int | None, answer: str, style: str) -> Assessment:
         """A response whose speech is a waveform — audio: [S] float at sample_rate, e.g. from a
-        model's own speech decoder — resampled to the world's SAMPLE_RATE (band-limited sinc,
-        wavalign.rewards.audio.resample) before listening. Cached by a hash of the waveform."""
+        model's own speech decoder — resampled to the world's SAMPLE_RATE (band-limited, soxr:
+        wavalign.audio_io.resample) before listening. Cached by a hash of the waveform."""
         wave = as_waveform(audio, sample_rate, SAMPLE_RATE, "world scorer")  # [S'] float32 at SAMPLE_RATE
         digest = hashlib.sha256(wave.numpy().tobytes()).hexdigest()
         return self._cached((text, ("audio", digest), answer, style), lambda: self._listen(text, wave, answer, style))

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wavalign.modality import ModalitySpec, Schedule, split_response
-from wavalign.formats import user_text
+from wavalign.formats import count_placeholders, user_text
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 USER, ASSISTANT = "<|user|>", "<|assistant|>"
@@ -74,20 +74,30 @@ class ChatFormat:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def prompt_ids(self, text: str | None = None, units: Sequence[int] | None = None,
-                   messages: list[dict] | None = None) -> list[int]:
+                   messages: list[dict] | None = None,
+                   audio_units: Sequence[Sequence[int]] | None = None) -> list[int]:
         """User turn as text, speech (units in begin/end-of-audio) or both, then the assistant tag.
-        Chat `messages` contribute the user's written words (this format has no system turn)."""
+        Chat `messages` contribute the user's written words, audio placeholders stripped (this
+        format has no system turn); audio_units (one entry per placeholder of the messages, in
+        order) follow the text, each in its own begin/end-of-audio block."""
+        blocks = [] if units is None else [units]
         if messages is not None:
-            if text is not None:
-                raise ValueError("give a prompt as text or as messages, not both")
-            text = user_text(messages) or None
-        if text is None and units is None:
+            if text is not None or units is not None:
+                raise ValueError("give a prompt as messages (with audio_units per placeholder), or as text / units")
+            expected = sum(count_placeholders(messages))
+            if len(audio_units or []) != expected:
+                raise ValueError(f"the messages hold {expected} audio placeholder(s) (<|audio|> / <audio>) but "
+                                 f"{len(audio_units or [])} audio unit sequence(s) were given")
+            text, blocks = user_text(messages) or None, list(audio_units or [])
+        elif audio_units is not None:
+            raise ValueError("audio_units go with messages (one entry per audio placeholder)")
+        if text is None and not blocks:
             raise ValueError("a prompt needs text, speech units, or both")
         ids = [self.bos, self.user]
         if text is not None:
             ids += self.text_ids(text)
-        if units is not None:
-            ids += [self.spec.begin_audio] + self.unit_ids(units) + [self.spec.end_audio]
+        for block in blocks:
+            ids += [self.spec.begin_audio] + self.unit_ids(block) + [self.spec.end_audio]
         return ids + [self.assistant]
 
     def unit_ids(self, units: Sequence[int]) -> list[int]:

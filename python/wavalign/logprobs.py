@@ -17,6 +17,8 @@ from typing import Sequence
 
 import torch
 
+from wavalign.adapters import ModelAdapter, rows_inputs
+
 DEFAULT_CHUNK_TOKENS = 256
 
 
@@ -226,13 +228,15 @@ class ResponseRows:
     # (-1: unmasked). None: score under the raw model distribution.
     temperature: torch.Tensor | None = None
     allowed_sets: torch.Tensor | None = None
+    # Extra forward inputs of each row's prompt (wavalign.adapters: audio features, ...), or None.
+    extras: list[dict | None] | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
 
     @classmethod
     def from_lists(cls, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], spec,
-                   pad_id: int) -> "ResponseRows":
+                   pad_id: int, extras: Sequence[dict | None] | None = None) -> "ResponseRows":
         if len(prompts) != len(responses) or not responses:
             raise ValueError(f"need one response per prompt and at least one row, got {len(prompts)} prompts and "
                              f"{len(responses)} responses")
@@ -243,7 +247,7 @@ class ResponseRows:
         lengths = torch.tensor([len(r) for r in responses], dtype=torch.int64)
         valid = torch.arange(width)[None, :] < lengths[:, None]  # [N, L]
         return cls([torch.as_tensor(list(p), dtype=torch.int64) for p in prompts], ids, lengths,
-                   spec.token_types(ids, valid))
+                   spec.token_types(ids, valid), extras=_extras_list(extras, len(responses)))
 
     def responses(self) -> list[list[int]]:
         """The response ids as lists (for rewards and pair building)."""
@@ -258,7 +262,8 @@ class ResponseRows:
 
         return ResponseRows([self.prompts[i] for i in index.tolist()], self.ids[index, :width],
                             self.lengths[index], self.types[index, :width], part(self.temperature),
-                            part(self.allowed_sets))
+                            part(self.allowed_sets),
+                            None if self.extras is None else [self.extras[i] for i in index.tolist()])
 
     def cat(self, other: "ResponseRows", pad_id: int) -> "ResponseRows":
         """These rows, then `other`'s, padded to the wider of the two."""
@@ -280,7 +285,18 @@ class ResponseRows:
                             torch.cat([self.lengths, other.lengths]),
                             torch.cat([widen(self.types, -1), widen(other.types, -1)]),
                             sampling(self.temperature, other.temperature, len(self), len(other), 1.0, torch.float32),
-                            sampling(self.allowed_sets, other.allowed_sets, len(self), len(other), -1, torch.int8))
+                            sampling(self.allowed_sets, other.allowed_sets, len(self), len(other), -1, torch.int8),
+                            None if self.extras is None and other.extras is None else
+                            (self.extras or [None] * len(self)) + (other.extras or [None] * len(other)))
+
+
+def _extras_list(extras, n: int) -> list | None:
+    if extras is None:
+        return None
+    extras = list(extras)
+    if len(extras) != n:
+        raise ValueError(f"need one extras entry per row: {n} rows, {len(extras)} entries")
+    return None if all(e is None for e in extras) else extras
 
 
 @dataclass
@@ -291,10 +307,12 @@ class Packed:
     width: int  # L: response positions scored per row
     temperature: torch.Tensor | None = None  # [N, L] float32 (sampling distribution), or None
     allowed_sets: torch.Tensor | None = None  # [N, L] int64 rows of the mask table (-1: unmasked), or None
+    extras: dict | None = None  # collated extra forward inputs (batch dim N), or None
 
 
-def pack(rows: ResponseRows, pad_id: int, device) -> Packed:
-    """Prompt + response of every row, right-padded to one [N, W] batch."""
+def pack(rows: ResponseRows, pad_id: int, device, adapter=None) -> Packed:
+    """Prompt + response of every row, right-padded to one [N, W] batch; rows' extra
+    forward inputs collated by `adapter` (wavalign.adapters.ModelAdapter)."""
     totals = [len(p) + int(n) for p, n in zip(rows.prompts, rows.lengths.tolist())]
     width = max(totals)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.int64)
@@ -306,7 +324,10 @@ def pack(rows: ResponseRows, pad_id: int, device) -> Packed:
     starts = torch.tensor([len(p) for p in rows.prompts], dtype=torch.int64)
     temperature = None if rows.temperature is None else rows.temperature.to(device)
     allowed = None if rows.allowed_sets is None else rows.allowed_sets.long().to(device)
-    return Packed(ids.to(device), mask.to(device), starts.to(device), rows.ids.shape[1], temperature, allowed)
+    extras = None
+    if rows.extras is not None:
+        extras = rows_inputs(adapter or ModelAdapter(), rows.extras, device) or None
+    return Packed(ids.to(device), mask.to(device), starts.to(device), rows.ids.shape[1], temperature, allowed, extras)
 
 
 class ResponseLogprobs(torch.nn.Module):
@@ -316,31 +337,60 @@ class ResponseLogprobs(torch.nn.Module):
     (selected_logprobs). A module of its own so DDP sees the whole computation.
     """
 
-    def __init__(self, lm):
+    def __init__(self, lm, adapter=None):
+        """adapter: a wavalign.adapters.ModelAdapter (its LM-head accessor), or None."""
         super().__init__()
         self.lm = lm
+        self._head_of = adapter.output_embeddings if adapter is not None else (lambda model: model.get_output_embeddings())
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, starts: torch.Tensor, width: int,
                 temperature: torch.Tensor | None = None, allowed_masks: torch.Tensor | None = None,
-                allowed_sets: torch.Tensor | None = None) -> torch.Tensor:
+                allowed_sets: torch.Tensor | None = None, extras: dict | None = None) -> torch.Tensor:
         # ids, mask [N, W] right-padded prompt+response; starts [N] first response position;
-        # temperature / allowed_sets [N, width]: score under the sampling distribution
+        # temperature / allowed_sets [N, width]: score under the sampling distribution;
+        # extras: extra forward inputs of the rows' prompts (batch dim N), e.g. audio features
         # A PeftModel (LoRA) holds the HF model, its LoRA layers in place: they run in this forward.
         lm = self.lm.get_base_model() if callable(getattr(self.lm, "get_base_model", None)) else self.lm
-        base = getattr(lm, lm.base_model_prefix)
-        hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state  # [N, W, H]
+        head = self._head_of(lm)
+        if extras:
+            hidden = _head_inputs(self.lm, head, ids, mask, extras)  # [N, W, H]
+        else:
+            base = getattr(lm, lm.base_model_prefix)
+            hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state  # [N, W, H]
         span = torch.arange(width, device=ids.device)
         # hidden at position t predicts token t + 1
         positions = (starts[:, None] - 1 + span[None, :]).clamp(0, ids.shape[1] - 2)  # [N, width]
         picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))  # [N, width, H]
         targets = ids.gather(1, positions + 1)  # [N, width]
-        head = lm.get_output_embeddings()
         extra = {}
         if temperature is not None:
             extra["temperature"] = temperature
         if allowed_sets is not None:
             extra.update(allowed_masks=allowed_masks, allowed_sets=allowed_sets)
         return selected_logprobs(picked, head.weight, targets, bias=getattr(head, "bias", None), **extra)
+
+
+def _head_inputs(lm, head, ids, mask, extras) -> torch.Tensor:
+    """[N, W, H] the hidden states the LM head receives, from the model's full forward with
+    its extra inputs. A model that merges, say, audio features into its input embeddings does
+    so in its top-level forward, which the base model alone would skip. A pre-hook on the head
+    keeps the hidden states and hands the head only the last position, so no [N, W, V] logits
+    are made; log-probs then come from selected_logprobs, chunk by chunk, as without extras."""
+    kept = {}
+
+    def keep(module, args):
+        kept["hidden"] = args[0]
+        return (args[0][:, -1:],)
+
+    handle = head.register_forward_pre_hook(keep)
+    try:
+        lm(input_ids=ids, attention_mask=mask, use_cache=False, **extras)
+    finally:
+        handle.remove()
+    if "hidden" not in kept:
+        raise RuntimeError("the model's forward never called its output embeddings (LM head); give a ModelAdapter "
+                           "whose output_embeddings returns the module that makes the logits")
+    return kept["hidden"]
 
 
 def allowed_set_masks(spec, vocab: int) -> torch.Tensor:
@@ -359,23 +409,32 @@ class RowLogprobs:
     the `logprob_fn` the learn-side step functions call. `module` is a ResponseLogprobs (or
     the DDP / FSDP2 wrapper around one)."""
 
-    def __init__(self, module, pad_id: int, device, *, reshard: bool = False, set_masks: torch.Tensor | None = None):
-        """set_masks: allowed_set_masks(spec, V), needed for rows that carry allowed_sets."""
+    def __init__(self, module, pad_id: int, device, *, reshard: bool = False, set_masks: torch.Tensor | None = None,
+                 adapter=None):
+        """set_masks: allowed_set_masks(spec, V), needed for rows that carry allowed_sets;
+        adapter: collates rows' extra forward inputs (default: wavalign.adapters.ModelAdapter)."""
         self.module, self.pad_id, self.device, self.reshard = module, pad_id, device, reshard
+        self.adapter = adapter
         self.set_masks = None if set_masks is None else set_masks.to(device)
 
     def __call__(self, rows: ResponseRows) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = pack(rows, self.pad_id, self.device)
-        if batch.temperature is None and batch.allowed_sets is None:
+        batch = pack(rows, self.pad_id, self.device, self.adapter)
+        if batch.extras is not None:
+            logp = self.module(batch.ids, batch.mask, batch.starts, batch.width, *self._sampling(batch),
+                               extras=batch.extras)
+        elif batch.temperature is None and batch.allowed_sets is None:
             logp = self.module(batch.ids, batch.mask, batch.starts, batch.width)
         else:
-            sets = batch.allowed_sets
-            if sets is not None:
-                if self.set_masks is None:
-                    raise ValueError("rows carry allowed sets, but this logprob function was built without set_masks")
-                sets = torch.where(sets < 0, torch.full_like(sets, self.set_masks.shape[0] - 1), sets)
-            logp = self.module(batch.ids, batch.mask, batch.starts, batch.width, batch.temperature,
-                               self.set_masks, sets)
+            logp = self.module(batch.ids, batch.mask, batch.starts, batch.width, *self._sampling(batch))
         if self.reshard:  # FSDP2, frozen reference: no backward will free the root's gathered weights
             self.module.reshard()
         return logp, rows.types.to(self.device)
+
+    def _sampling(self, batch) -> tuple:
+        """(temperature, set masks, sets) for the module, None where the rows are scored raw."""
+        sets = batch.allowed_sets
+        if sets is None:
+            return batch.temperature, None, None
+        if self.set_masks is None:
+            raise ValueError("rows carry allowed sets, but this logprob function was built without set_masks")
+        return batch.temperature, self.set_masks, torch.where(sets < 0, torch.full_like(sets, self.set_masks.shape[0] - 1), sets)
