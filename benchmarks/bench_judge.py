@@ -2,7 +2,8 @@
 
 The server (wavalign.rewards.fake_judge_server) answers every request after a fixed latency
 (50 ms by default), like a remote audio judge. Both clients send the same 64 requests in the
-same run. Last line: RESULT ratio=<serial time / HttpJudge time> ...
+same run, alternating, each side's median over --repeats runs. Last line: RESULT
+ratio=<serial time / HttpJudge time> ...
 
 Usage: python benchmarks/bench_judge.py [--quick] [--requests N] [--latency S] [--concurrency C]
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import statistics
 import time
 
 import httpx
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=None)
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each side; the median is reported")
     args = parser.parse_args()
     n = args.requests or (32 if args.quick else 64)
     prompts = ["question case:ok"] * n
@@ -46,18 +49,22 @@ def main() -> None:
         url = urls.get(timeout=60)
         judge = HttpJudge(JudgeConfig(base_url=url, api_key_env=None, concurrency=args.concurrency))
         payloads = [judge._payload(p, c) for p, c in zip(prompts, completions)]
-        start = time.perf_counter()
-        with httpx.Client(timeout=30) as client:  # the serial loop users write today
-            serial_ok = sum(client.post(url + "/chat/completions", json=p).status_code == 200 for p in payloads)
-        serial = time.perf_counter() - start
-        start = time.perf_counter()
-        scores = judge(prompts, completions)
-        concurrent = time.perf_counter() - start
+        serial_runs, judge_runs = [], []
+        for _ in range(max(1, args.repeats)):  # alternate the two, so load changes hit both
+            start = time.perf_counter()
+            with httpx.Client(timeout=30) as client:  # the serial loop users write today
+                serial_ok = sum(client.post(url + "/chat/completions", json=p).status_code == 200 for p in payloads)
+            serial_runs.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            scores = judge(prompts, completions)  # each call opens its own session, as a training step does
+            judge_runs.append(time.perf_counter() - start)
+        serial, concurrent = statistics.median(serial_runs), statistics.median(judge_runs)
     finally:
         stop.set()
         process.join(timeout=10)
     scored = sum(s is not None for s in scores)
-    print(f"# {n} requests, server latency {args.latency * 1e3:.0f} ms, concurrency {args.concurrency}")
+    print(f"# {n} requests, server latency {args.latency * 1e3:.0f} ms, concurrency {args.concurrency}, "
+          f"median of {len(judge_runs)} runs each")
     print(f"serial loop: {serial:.2f} s ({serial_ok}/{n} ok)   HttpJudge: {concurrent:.2f} s ({scored}/{n} scored)")
     print(f"RESULT ratio={serial / concurrent:.1f} serial_s={serial:.3f} judge_s={concurrent:.3f} "
           f"requests={n} latency_ms={args.latency * 1e3:.0f}")

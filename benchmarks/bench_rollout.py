@@ -21,7 +21,9 @@ top-p warper, multinomial, bookkeeping) is what generate adds. The decode step i
 to two floors: weight bytes / measured memory bandwidth, and decode FLOPs / measured matmul
 throughput.
 
-Last line: RESULT workload=<...> ratio=<best HF / engine> ...
+Each workload ends with a line RESULT workload=<...> ratio=<engine / best HF> ...; the last
+line gathers the goals' figures: RESULT ratio=<qwen2: engine / best HF> world_ratio=<world
+policy: engine / HF batched> (targets: >= 6 and >= 3).
 
 Usage: python benchmarks/bench_rollout.py [--quick] [--workload qwen2|world|both]
        [--prompts B] [--samples G] [--new-tokens T] [--device cuda] [--dtype bfloat16]
@@ -269,7 +271,7 @@ def bench(work: Workload, samples: int, new_tokens: int) -> dict:
           f"hf_per_prompt_tok_s={rates['hf_per_prompt']:.1f} hf_batched_tok_s={rates['hf_batched']:.1f} "
           f"ratio_per_prompt={rates['engine'] / rates['hf_per_prompt']:.2f} "
           f"ratio_batched={rates['engine'] / rates['hf_batched']:.2f}")
-    return {"ratio": ratio}
+    return {"ratio": ratio, "ratio_batched": rates["engine"] / rates["hf_batched"]}
 
 
 def main() -> None:
@@ -294,10 +296,20 @@ def main() -> None:
         if value < 1:
             parser.error(f"{flag} must be >= 1")
     workloads = ["world", "qwen2"] if args.workload == "both" else [args.workload]
+    results = {}
     for name in workloads:
         work = qwen2_workload(prompts_n, args.hidden, args.layers) if name == "qwen2" else world_workload(prompts_n)
         work.model.to(device=args.device, dtype=getattr(torch, args.dtype))
-        bench(work, samples, new_tokens)
+        results[name] = bench(work, samples, new_tokens)
+    # The goals' figures in one line: the 77M Qwen2 against the best HF baseline (target >= 6)
+    # and the world policy against HF batched generate (target >= 3).
+    parts = []
+    if "qwen2" in results:
+        parts.append(f"ratio={results['qwen2']['ratio']:.2f}")
+    if "world" in results:
+        parts.append(f"world_ratio={results['world']['ratio_batched']:.2f}")
+    print("RESULT " + " ".join(parts) + f" prompts={prompts_n} samples={samples} new_tokens={new_tokens} "
+          f"device={args.device} dtype={args.dtype}")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,11 @@ void raise_if_cuda_error(const char* op, const char* error);
 #endif
 
 // Runs an op on the device of `ref` with the GIL released: the CPU function directly, or
-// the CUDA launcher on the caller's stream (raising its error, if any).
+// the CUDA launcher on the caller's stream (raising its error, if any). On CUDA the
+// launcher makes ref's device current for the launch (Args::cuda_device, from the DLPack
+// device id; every other tensor was checked to be on that device) and restores the
+// caller's device; `cuda_stream` must belong to that device (_ops._stream passes
+// torch.cuda.current_stream(tensor.device)).
 template <typename Args, typename CpuFn, typename CudaFn>
 void dispatch(const TensorArg& ref, const char* op, Args& a, uintptr_t cuda_stream, CpuFn cpu,
               CudaFn cuda) {
@@ -51,6 +55,7 @@ void dispatch(const TensorArg& ref, const char* op, Args& a, uintptr_t cuda_stre
   }
 #if defined(WAVALIGN_WITH_CUDA)
   a.cuda_stream = reinterpret_cast<void*>(cuda_stream);
+  a.cuda_device = ref.device_id;
   const char* error = nullptr;
   {
     py::gil_scoped_release release;

@@ -33,15 +33,21 @@ def test_cpp_benchmark_builds_and_runs(tmp_path):
         "-DWAVALIGN_BUILD_PYTHON=OFF", "-DWAVALIGN_CUDA=OFF", "-DCMAKE_BUILD_TYPE=Release",
     ]
     subprocess.run(configure, check=True, capture_output=True, timeout=300)
+    results = {
+        "wavalign_bench_sampling": r"RESULT ns_per_row=\d+ GBps=",
+        "wavalign_bench_interleave": r"RESULT ratio=\d+\.\d+ ns_per_row_step=",
+        "wavalign_bench_group_stats": r"RESULT ratio=\d+\.\d+ ns_per_group=",
+    }
     subprocess.run(
-        ["cmake", "--build", str(build), "--target", "wavalign_bench_sampling", "-j2"],
+        ["cmake", "--build", str(build), "--target", *results, "-j2"],
         check=True, capture_output=True, timeout=600,
     )
-    binary = build / "wavalign_bench_sampling"
-    assert subprocess.run([str(binary), "--help"], capture_output=True, timeout=30).returncode == 0
-    proc = subprocess.run([str(binary), "--quick"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert re.match(r"RESULT ns_per_row=\d+ GBps=", proc.stdout.strip().splitlines()[-1])
+    for name, result in results.items():
+        binary = build / name
+        assert subprocess.run([str(binary), "--help"], capture_output=True, timeout=30).returncode == 0
+        proc = subprocess.run([str(binary), "--quick"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, (name, proc.stderr)
+        assert re.match(result, proc.stdout.strip().splitlines()[-1]), (name, proc.stdout)
 
 
 @pytest.mark.slow
@@ -76,7 +82,9 @@ def test_rollout_benchmark_small_run_prints_result():
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert re.match(r"RESULT workload=qwen2 ratio=\d+\.\d+ baseline=hf_", proc.stdout.strip().splitlines()[-1])
+    lines = proc.stdout.strip().splitlines()
+    assert re.match(r"RESULT workload=qwen2 ratio=\d+\.\d+ baseline=hf_", lines[-2])
+    assert re.match(r"RESULT ratio=\d+\.\d+ prompts=2 samples=2 new_tokens=6", lines[-1])  # the goals' line
     assert "# engine per decode step (ms): forward" in proc.stdout and "# floors for a 4-row decode step" in proc.stdout
 
 

@@ -105,3 +105,51 @@ def test_parser_rejects_bad_sampling_values(argv, message, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+CODEC = '''
+import torch
+
+
+class Tones:
+    """units -> 10 ms tones at 16 kHz; one unit that decodes to nothing fails (None)."""
+
+    sample_rate = 16000
+
+    def decode(self, units):
+        if 13 in units:
+            return None
+        t = torch.arange(160) / 16000
+        return torch.cat([0.2 * torch.sin(2 * torch.pi * (200 + 40 * u) * t) for u in units])
+
+
+def make():
+    return Tones()
+'''
+
+
+def test_wav_dir_decodes_with_any_codec_and_the_hf_generate_backend(model_dir, tmp_path):
+    import soundfile
+
+    (tmp_path / "cli_tone_codec.py").write_text(CODEC)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt_ids": p}) + "\n" for p in ([4, 5, 6], [7, 8])))
+    out, wavs = tmp_path / "rollouts.jsonl", tmp_path / "wavs"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "wavalign.rollout", "--model", str(model_dir), "--prompts", str(prompts),
+                           "-n", "4", "--out", str(out), "--max-new-tokens", "16", "--seed", "3", "--wav-dir", str(wavs),
+                           "--codec", "python", "--codec-options", '{"factory": "cli_tone_codec:make"}',
+                           "--backend", "hf_generate"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    spoke = {i: line["speech_units"] for i, line in enumerate(lines) if line["speech_units"]}
+    assert spoke, "no sample spoke; the test needs speech to decode"
+    for index, units in spoke.items():
+        wav = wavs / f"sample_{index:05d}.wav"
+        if 13 in units:  # the codec failed: nothing written, and said so
+            assert not wav.exists()
+            continue
+        audio, rate = soundfile.read(str(wav))
+        assert rate == 16000 and len(audio) == 160 * len(units)
+    failed = sum(13 in units for units in spoke.values())
+    assert (f"the codec failed to decode {failed} of" in proc.stderr) == bool(failed)

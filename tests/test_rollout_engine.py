@@ -207,3 +207,48 @@ def test_half_precision_model_greedy_matches_hf_generate(dtype):
     for row in range(2):
         assert rollout.ids[row, : int(rollout.lengths[row])].tolist() == expected
     assert rollout.logprobs.dtype == torch.float32 and torch.isfinite(rollout.logprobs[:, :16]).all()
+
+
+def test_host_checks_every_k_steps_change_nothing():
+    """With sync_every=k the host reads errors and finished rows every k steps only (the
+    default on CUDA); finished rows ride along masked until then. Outputs are the same."""
+    model, spec = tiny_model("qwen2"), make_spec(Schedule.chunked(text=3, speech=4))
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16]]
+    params = SamplingParams(text=ModalitySampling(temperature=1.0, top_p=0.9),
+                            speech=ModalitySampling(temperature=1.2, repetition_penalty=1.3), max_new_tokens=24, seed=5)
+    every_step = RolloutEngine(model, spec).generate(prompts, n=3, params=params)
+    assert len(set(every_step.lengths.tolist())) > 1  # rows finish at different steps
+    for k in (2, 5, 64):
+        sparse = RolloutEngine(model, spec, sync_every=k).generate(prompts, n=3, params=params)
+        assert torch.equal(sparse.ids, every_step.ids) and torch.equal(sparse.lengths, every_step.lengths)
+        assert sparse.finish_reasons == every_step.finish_reasons
+        assert torch.equal(sparse.phases, every_step.phases) and torch.equal(sparse.allowed_sets, every_step.allowed_sets)
+        assert torch.allclose(sparse.logprobs, every_step.logprobs, atol=1e-6)
+        assert torch.allclose(sparse.raw_logprobs, every_step.raw_logprobs, atol=1e-6)
+    with pytest.raises(ValueError, match="sync_every must be an int >= 1"):
+        RolloutEngine(model, spec, sync_every=0)
+
+
+@pytest.mark.parametrize("sync_every", [None, 4])
+def test_a_row_that_cannot_be_sampled_is_named_with_its_step(sync_every):
+    model = tiny_model("llama")
+    spec = ModalitySpec(vocab_size=VOCAB, text_ranges=[(0, 30)], speech_ranges=[(32, 48)], pad=0,
+                        schedule=Schedule.free())  # no EOS: every row runs to the budget
+    forwards = {"n": 0}
+
+    def poison(module, args, output):  # NaN logits for batch row 1 from decode step 3 on
+        if output.shape[1] == 1:  # the prefill (last position only) gives step 0, each decode forward the next
+            forwards["n"] += 1
+            if forwards["n"] >= 4:
+                output = output.clone()
+                output[1] = float("nan")
+                return output
+
+    handle = model.lm_head.register_forward_hook(poison)
+    try:
+        with pytest.raises(ValueError, match=r"sample_tokens: row 1 cannot be sampled at decode step 3: its logits "
+                                             r"contain NaN or \+inf \(1 of 4 rows failed\)"):
+            RolloutEngine(model, spec, sync_every=sync_every).generate(
+                [[5, 6], [7, 8]], n=2, params=SamplingParams(max_new_tokens=10))
+    finally:
+        handle.remove()

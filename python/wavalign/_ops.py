@@ -41,6 +41,7 @@ _STATUS_MESSAGES = {
     ),
 }
 _STATUS_WITH_PARAMS = (7, 8)  # messages that list the row's parameter values
+SAMPLE_STATUS_MESSAGES, SAMPLE_STATUS_WITH_PARAMS = _STATUS_MESSAGES, _STATUS_WITH_PARAMS  # for the engine's errors
 
 
 # ---- Exact argument conversion: every value is checked against the storage it will have
@@ -214,18 +215,36 @@ def sample_tokens(
     ModalitySampling field (the schema's order is the native argument order).
     Returns ids [N] int64, logprobs [N] float32, raw_logprobs [N] float32.
     """
+    ids, logprobs, raw_logprobs, status = sample_tokens_status(
+        logits, tuple(params[name] for name in SAMPLING_FIELD_NAMES), history, allowed_ranges, seed, offsets
+    )
+    _raise_for_status(status, params)
+    return ids, logprobs, raw_logprobs
+
+
+def sample_tokens_status(
+    logits: torch.Tensor,
+    params: tuple[torch.Tensor, ...],
+    history: torch.Tensor | None,
+    allowed_ranges: torch.Tensor | None,
+    seed: int,
+    offsets: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The native sampler call without the status check (no host sync, never raises per row):
+    params are the [N] tensors in SAMPLING_FIELD_NAMES order. Returns ids [N] int64,
+    logprobs [N] float32, raw_logprobs [N] float32, status [N] int32 (SampleStatus; 0 = ok).
+    Argument errors (dtype, shape, device, layout) still raise. Used by sample_tokens and
+    by the torch.library op wavalign::sample_tokens (wavalign.torch_ops)."""
     n, vocab = (logits.shape[0], logits.shape[1]) if logits.dim() == 2 else (0, 0)
     device = logits.device
     ids = torch.empty(n, dtype=torch.int64, device=device)
     logprobs = torch.empty(n, dtype=torch.float32, device=device)
     raw_logprobs = torch.empty(n, dtype=torch.float32, device=device)
     status = torch.zeros(n, dtype=torch.int32, device=device)
-    workspace = None
-    if device.type == "cuda":
-        workspace = torch.empty((n, vocab), dtype=torch.float32, device=device)
+    workspace = _sampling_workspace(device, n, vocab) if device.type == "cuda" else None  # CPU: none
     _core.sample_tokens(
         logits,
-        *(params[name] for name in SAMPLING_FIELD_NAMES),
+        *params,
         history,
         allowed_ranges,
         seed,
@@ -237,21 +256,89 @@ def sample_tokens(
         workspace,
         _stream(device),
     )
-    _raise_for_status(status, params)
-    return ids, logprobs, raw_logprobs
+    return ids, logprobs, raw_logprobs, status
+
+
+# ---- CUDA sampler workspace cache.
+# The CUDA sampler needs an [N, V] float32 scratch tensor (the processed logits of every
+# row): N * V * 4 bytes, 2.75 GB at N = 4096, V = 168,072. Allocating it on every call
+# churns the caching allocator at that size, so one flat buffer is kept per (device,
+# stream) and reused by every call whose N * V fits; a larger call replaces it with a
+# buffer of the new size (the old one returns to PyTorch's allocator). Keyed by stream as
+# well as device because two streams of one device may run samplers concurrently: calls
+# on one stream are ordered by that stream, so they can share a buffer. The cache holds
+# that memory until release_sampling_workspace() (it shows in torch.cuda.memory_allocated).
+# During CUDA-graph capture nothing is cached or replaced: the captured graph keeps
+# pointing at its workspace, so the call allocates a fresh one from the graph's pool, as
+# before (replacing a cached buffer later would free memory a graph still writes).
+_WORKSPACES: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def _sampling_workspace(device: torch.device, n: int, vocab: int) -> torch.Tensor:
+    """An [n, vocab] float32 view of the cached workspace of (device, current stream)."""
+    numel = n * vocab
+    if _capturing(device):
+        return torch.empty((n, vocab), dtype=torch.float32, device=device)
+    key = (device.index, _stream(device))
+    buffer = _WORKSPACES.get(key)
+    if buffer is None or buffer.numel() < numel:
+        if buffer is not None:
+            del _WORKSPACES[key]
+            del buffer  # free the smaller buffer before allocating the larger one
+        buffer = torch.empty(numel, dtype=torch.float32, device=device)
+        _WORKSPACES[key] = buffer
+    return buffer[:numel].view(n, vocab)
+
+
+def _capturing(device: torch.device) -> bool:
+    """Whether `device`'s current stream is capturing a CUDA graph."""
+    if device.index is None or device.index == torch.cuda.current_device():
+        return torch.cuda.is_current_stream_capturing()
+    with torch.cuda.device(device):
+        return torch.cuda.is_current_stream_capturing()
+
+
+def release_sampling_workspace(device: torch.device | str | int | None = None) -> None:
+    """Drops the cached CUDA sampler workspaces (all devices, or only `device`'s) so their
+    memory goes back to PyTorch's allocator (then torch.cuda.empty_cache() returns it to
+    the driver). The next CUDA sampler call allocates again."""
+    index = None
+    if device is not None:
+        device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+    for key in [key for key in _WORKSPACES if index is None or key[0] == index]:
+        del _WORKSPACES[key]
 
 
 _ADVANTAGE_MODES = {"grpo": 0, "dr_grpo": 1, "rloo": 2}
 
 
 def _stream(device: torch.device) -> int:
-    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    """The raw handle of `device`'s current stream, which the native op launches on; the
+    launcher makes `device` current for the launch (a handle belongs to one device, and 0,
+    the default stream, means "the current device's"), so this must be the stream of the
+    tensors' own device, never torch.cuda.current_stream() of the current device."""
+    if device.type != "cuda":
+        return 0
+    stream = torch.cuda.current_stream(device)
+    if device.index is not None and stream.device.index != device.index:  # cannot happen; guards the contract
+        raise RuntimeError(f"the current stream of {device} is on {stream.device}")
+    return stream.cuda_stream
 
 
 def group_stats(rewards: torch.Tensor, mode: str, sample_std: bool, eps: float) -> dict[str, torch.Tensor]:
     """rewards: [B, G] float32 (NaN = no reward). Returns per-group tensors and advantages."""
     if mode not in _ADVANTAGE_MODES:
         raise ValueError(f"advantage mode must be one of {sorted(_ADVANTAGE_MODES)}, got {mode!r}")
+    out = group_stats_native(rewards, _ADVANTAGE_MODES[mode], sample_std, eps)
+    out["zero_variance"] = out["zero_variance"].bool()
+    out["all_missing"] = out["all_missing"].bool()
+    return out
+
+
+def group_stats_native(rewards: torch.Tensor, mode: int, sample_std: bool, eps: float) -> dict[str, torch.Tensor]:
+    """The native group_stats call with the mode as its code (0 grpo, 1 dr_grpo, 2 rloo);
+    zero_variance and all_missing stay int8 as the kernel writes them."""
     b, g = (rewards.shape[0], rewards.shape[1]) if rewards.dim() == 2 else (0, 0)
     device = rewards.device
     out = {
@@ -266,38 +353,68 @@ def group_stats(rewards: torch.Tensor, mode: str, sample_std: bool, eps: float) 
         "advantages": torch.empty((b, g), dtype=torch.float32, device=device),
     }
     _core.group_stats(
-        rewards, _ADVANTAGE_MODES[mode], bool(sample_std), float(eps),
+        rewards, int(mode), bool(sample_std), float(eps),
         out["valid_count"], out["mean"], out["std"], out["variance"], out["max"], out["min"],
         out["zero_variance"], out["all_missing"], out["advantages"], _stream(device),
     )
-    out["zero_variance"] = out["zero_variance"].bool()
-    out["all_missing"] = out["all_missing"].bool()
     return out
 
 
 def interleave_advance(config: dict, state: dict[str, torch.Tensor], sampled: torch.Tensor | None) -> torch.Tensor:
     """Advances the interleave state in place; returns the next allowed set per row [N] int32."""
-    n = state["phase"].shape[0]
-    device = state["phase"].device
-    allowed = torch.empty(n, dtype=torch.int32, device=device)
-    status = torch.zeros(n, dtype=torch.int32, device=device)
-    _core.interleave_advance(
+    allowed, status = interleave_advance_status(
         config["schedule"], config["text_chunk"], config["speech_chunk"], config.get("ratio_pattern"),
         config["id_modality"],
         config["eos"], config["begin_audio"], config["end_audio"], config["end_text"], sampled,
         state["max_text"], state["max_speech"], state["max_total"], state["phase"],
         state["chunk_count"], state["chunk_index"], state["text_count"], state["speech_count"], state["text_done"],
-        state["finish_reason"], allowed, status, _stream(device),
+        state["finish_reason"],
     )
-    bad = torch.nonzero(status.cpu()).flatten()
-    if bad.numel():
-        row = int(bad[0])
-        token = int(sampled[row]) if sampled is not None else -1
-        reason = "is outside the vocabulary" if int(status[row]) == 1 else (
-            f"is not allowed in the row's phase {int(state['phase'][row])} under this schedule")
-        raise ValueError(f"interleave: row {row}: sampled id {token} {reason} "
-                         f"({bad.numel()} of {n} rows rejected; state of those rows unchanged)")
+    error = interleave_status_error(status, state["phase"], sampled)
+    if error is not None:
+        raise error
     return allowed
+
+
+# interleave_advance_status's state tensors, in argument order: read and updated in place.
+INTERLEAVE_STATE_NAMES = ("phase", "chunk_count", "chunk_index", "text_count", "speech_count", "text_done",
+                          "finish_reason")
+
+
+def interleave_advance_status(schedule: int, text_chunk: int, speech_chunk: int, ratio_pattern, id_modality,
+                              eos: int, begin_audio: int, end_audio: int, end_text: int, sampled,
+                              max_text, max_speech, max_total, phase, chunk_count, chunk_index, text_count,
+                              speech_count, text_done, finish_reason) -> tuple[torch.Tensor, torch.Tensor]:
+    """The native interleave step without the status check (no host sync, never raises per
+    row): updates the state tensors in place and returns (allowed_set [N] int32, status [N]
+    int32: 0 ok, 1 sampled id outside the vocabulary, 2 id not allowed in the row's phase;
+    rejected rows keep their state). Used by interleave_advance and wavalign::interleave_advance."""
+    n = phase.shape[0]
+    device = phase.device
+    allowed = torch.empty(n, dtype=torch.int32, device=device)
+    status = torch.zeros(n, dtype=torch.int32, device=device)
+    _core.interleave_advance(
+        schedule, text_chunk, speech_chunk, ratio_pattern, id_modality, eos, begin_audio, end_audio, end_text,
+        sampled, max_text, max_speech, max_total, phase, chunk_count, chunk_index, text_count, speech_count,
+        text_done, finish_reason, allowed, status, _stream(device),
+    )
+    return allowed, status
+
+
+def interleave_status_error(status: torch.Tensor, phase: torch.Tensor,
+                            sampled: torch.Tensor | None) -> ValueError | None:
+    """The error for the first rejected row of an interleave status vector, or None."""
+    n = status.numel()
+    status = status.cpu()  # one small read-back; it syncs on CUDA
+    bad = torch.nonzero(status).flatten()
+    if not bad.numel():
+        return None
+    row = int(bad[0])
+    token = int(sampled[row]) if sampled is not None else -1
+    reason = "is outside the vocabulary" if int(status[row]) == 1 else (
+        f"is not allowed in the row's phase {int(phase[row])} under this schedule")
+    return ValueError(f"interleave: row {row}: sampled id {token} {reason} "
+                      f"({bad.numel()} of {n} rows rejected; state of those rows unchanged)")
 
 
 def interleave_allowed_mask(schedule: int, id_modality: torch.Tensor, eos: int, begin_audio: int,

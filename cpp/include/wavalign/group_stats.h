@@ -38,6 +38,7 @@ struct GroupStatsArgs {
   float* advantages = nullptr;  // [n_groups, group_size]
 
   void* cuda_stream = nullptr;
+  int cuda_device = -1;  // CUDA: device of the pointers and the stream; -1 = current
 };
 
 void group_stats_cpu(const GroupStatsArgs& args);

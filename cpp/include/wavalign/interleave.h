@@ -83,6 +83,7 @@ struct InterleaveArgs {
   int32_t* out_status = nullptr;       // [n_rows] 0 ok, 1 sampled id out of range,
                                        // 2 id not allowed in the row's phase
   void* cuda_stream = nullptr;
+  int cuda_device = -1;  // CUDA: device of the pointers and the stream; -1 = current
 };
 
 void interleave_advance_cpu(const InterleaveArgs& args);

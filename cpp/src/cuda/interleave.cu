@@ -2,6 +2,7 @@
 // shared with the CPU build.
 #include <cuda_runtime.h>
 
+#include "device_guard.cuh"
 #include "wavalign/interleave.h"
 #include "wavalign/interleave_impl.h"
 
@@ -17,11 +18,12 @@ __global__ void interleave_kernel(const InterleaveArgs a) {
 
 const char* interleave_advance_cuda(const InterleaveArgs& a) {
   if (a.n_rows == 0) return nullptr;
+  const cuda_detail::DeviceGuard device(a.cuda_device);  // the tensors' device, restored after
+  if (device.error() != nullptr) return device.error();
   constexpr int kThreads = 256;
   const unsigned blocks = static_cast<unsigned>((a.n_rows + kThreads - 1) / kThreads);
   interleave_kernel<<<blocks, kThreads, 0, static_cast<cudaStream_t>(a.cuda_stream)>>>(a);
-  const cudaError_t err = cudaGetLastError();
-  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+  return cuda_detail::launch_status();
 }
 
 }  // namespace wavalign

@@ -24,7 +24,12 @@
 // rounding, not bit for bit. The top-p histogram adds masses with shared-memory double
 // atomics whose order varies from run to run: a top-p boundary whose cumulative mass is
 // within a rounding error of p * total may therefore land on the neighbouring value, on
-// the CPU or between two GPU runs. Both are accepted.
+// the CPU or between two GPU runs. Both are accepted. What is and is not identical to the
+// CPU, with the measured rate of differing draws, is the "CPU / CUDA agreement" contract
+// in wavalign/sampling.h.
+//
+// Device: the launcher makes args.cuda_device current (device_guard.cuh) and restores the
+// caller's device, so tensors on cuda:1 work while cuda:0 is current.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math_constants.h>
@@ -33,6 +38,7 @@
 #include <cstdint>
 #include <cub/block/block_scan.cuh>
 
+#include "device_guard.cuh"
 #include "wavalign/philox.h"
 #include "wavalign/sampling.h"
 
@@ -491,6 +497,8 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleTokensArgs
 const char* sample_tokens_cuda(const SampleTokensArgs& args) {
   if (args.n_rows == 0) return nullptr;
   if (args.workspace == nullptr) return "sample_tokens_cuda: workspace is null";
+  const cuda_detail::DeviceGuard device(args.cuda_device);  // the tensors' device, restored after
+  if (device.error() != nullptr) return device.error();
   const cudaStream_t stream = static_cast<cudaStream_t>(args.cuda_stream);
   const unsigned grid = static_cast<unsigned>(args.n_rows < kMaxGrid ? args.n_rows : kMaxGrid);
   switch (args.logits_dtype) {
@@ -499,8 +507,7 @@ const char* sample_tokens_cuda(const SampleTokensArgs& args) {
     case DType::Float16: sample_kernel<Fp16Bits><<<grid, kThreads, 0, stream>>>(args); break;
     default: return "sample_tokens_cuda: unsupported logits dtype";
   }
-  const cudaError_t err = cudaGetLastError();
-  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+  return cuda_detail::launch_status();
 }
 
 bool cuda_device_available(int* device_count) {

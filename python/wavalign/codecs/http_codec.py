@@ -28,17 +28,17 @@ never logged; URLs are not logged either (they may carry credentials).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import numbers
 import os
-import random
 from dataclasses import dataclass
 from typing import Sequence
 
-import httpx
 import torch
 
+from wavalign import net
 from wavalign.audio_io import read_wav_bytes, resample, wav_bytes
 
 log = logging.getLogger(__name__)
@@ -154,20 +154,21 @@ class HttpCodec:
         key = os.environ.get(self.config.api_key_env) if self.config.api_key_env else None
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        limits = httpx.Limits(max_connections=self.config.concurrency)
         semaphore = asyncio.Semaphore(self.config.concurrency)
-        async with httpx.AsyncClient(headers=headers, timeout=self.config.timeout_s, limits=limits) as client:
+        async with net.session(headers=headers, timeout_s=self.config.timeout_s,
+                               concurrency=self.config.concurrency) as client:
             return list(await asyncio.gather(*(job(client, semaphore) for job in jobs)))
 
     async def _decode_one(self, client, semaphore, payload: dict) -> torch.Tensor | None:
-        response, reason, detail = await self._post(client, semaphore, self.config.decode_url, json=payload)
-        if response is None:
+        body, reason, detail = await self._post(client, semaphore, self.config.decode_url, json.dumps(payload).encode(),
+                                                {"Content-Type": "application/json"})
+        if body is None:
             self._fail(reason, "decode", detail)
             return None
         try:
-            wave, rate = read_wav_bytes(response.content)
+            wave, rate = read_wav_bytes(body)
         except ValueError:
-            self._fail("not_wav", "decode", f"the server's {len(response.content)}-byte answer is not a WAV file")
+            self._fail("not_wav", "decode", f"the server's {len(body)}-byte answer is not a WAV file")
             return None
         if rate != self.sample_rate:
             self._fail("wrong_sample_rate", "decode", f"the server sent {rate} Hz audio, the codec is configured "
@@ -183,13 +184,13 @@ class HttpCodec:
         return wave
 
     async def _encode_one(self, client, semaphore, body: bytes) -> list[int] | CodecError:
-        response, reason, detail = await self._post(client, semaphore, self.config.encode_url, content=body,
-                                                    headers={"Content-Type": "audio/wav"})
-        if response is None:
+        answer, reason, detail = await self._post(client, semaphore, self.config.encode_url, body,
+                                                  {"Content-Type": "audio/wav"})
+        if answer is None:
             self._fail(reason, "encode", detail)
             return CodecError(reason, f"http codec: encode failed ({reason}): {detail}")
         try:
-            units = response.json()["units"]
+            units = json.loads(answer)["units"]
             ok = isinstance(units, list) and all(
                 isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in units)
         except (ValueError, KeyError, TypeError):
@@ -201,53 +202,20 @@ class HttpCodec:
         self.stats["encoded"] += 1
         return units
 
-    async def _post(self, client, semaphore, url: str, **request) -> tuple[httpx.Response | None, str | None, str]:
-        """POST with retries, backoff and the total deadline -> (200 response, None, "") or
-        (None, failure reason, what happened). The deadline counts from the first attempt."""
-        config, loop = self.config, asyncio.get_running_loop()
-        deadline, reason = None, None
-        for attempt in range(config.max_retries + 1):
-            delay = wanted = None
-            if deadline is None:
-                await semaphore.acquire()
-                deadline = loop.time() + config.total_deadline_s
-            else:
-                try:  # waiting for a slot to retry counts against the deadline
-                    await asyncio.wait_for(semaphore.acquire(), max(0.0, deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    return None, "deadline", self._deadline_detail(attempt, reason)
-            try:
-                self.stats["requests"] += 1
-                try:
-                    response = await asyncio.wait_for(client.post(url, **request),
-                                                      max(0.0, deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    return None, "deadline", self._deadline_detail(attempt + 1, reason)
-                except (httpx.TimeoutException, httpx.TransportError) as error:
-                    reason = "timeout" if isinstance(error, httpx.TimeoutException) else "connection"
-                else:
-                    if response.status_code == 200:
-                        return response, None, ""
-                    reason = f"http_{response.status_code}"
-                    if response.status_code != 429 and response.status_code < 500:
-                        return None, reason, "a client error; not retried"
-                    retry_after = response.headers.get("Retry-After")
-                    if retry_after is not None:
-                        try:
-                            wanted = max(0.0, float(retry_after))
-                            delay = min(wanted, config.backoff_max_s)
-                        except ValueError:
-                            delay = wanted = None
-            finally:
-                semaphore.release()
-            if attempt == config.max_retries:
-                return None, reason, f"gave up after {attempt + 1} attempts"
-            if delay is None:  # exponential backoff with full jitter
-                delay = random.uniform(0, min(config.backoff_max_s, config.backoff_base_s * 2**attempt))
-            if max(delay, wanted or 0.0) >= deadline - loop.time():  # the retry could not finish in time
-                return None, "deadline", self._deadline_detail(attempt + 1, reason)
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+    async def _post(self, client, semaphore, url: str, body: bytes, headers: dict) -> tuple[bytes | None, str | None, str]:
+        """POST with retries, backoff and the total deadline (wavalign.net.post) -> (the 200
+        answer's body, None, "") or (None, failure reason, what happened)."""
+        c = self.config
+        outcome = await net.post(client, semaphore, url, body, headers=headers, stats=self.stats,
+                                 policy=net.RetryPolicy(c.max_retries, c.backoff_base_s, c.backoff_max_s,
+                                                        c.total_deadline_s))
+        if outcome.reply is not None:
+            return outcome.reply.body, None, ""
+        if outcome.reason == "deadline":
+            return None, "deadline", self._deadline_detail(outcome.attempts, outcome.last)
+        if outcome.when == net.CLIENT_ERROR:
+            return None, outcome.reason, "a client error; not retried"
+        return None, outcome.reason, f"gave up after {outcome.attempts} attempts"
 
     def _deadline_detail(self, attempts: int, last: str | None) -> str:
         return (f"gave up at its {self.config.total_deadline_s:.2f} s deadline after {attempts} attempt(s) "

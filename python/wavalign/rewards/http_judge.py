@@ -1,6 +1,6 @@
 """HttpJudge: score spoken responses 1-5 with an OpenAI-compatible audio judge server.
 
-Requests are sent concurrently (httpx, bounded by `concurrency`), retried with exponential
+Requests are sent concurrently (aiohttp through wavalign.net, bounded by `concurrency`), retried with exponential
 backoff and jitter on 429 (honouring Retry-After), 5xx, timeouts and dropped connections,
 and cached on disk by a content hash so a rerun never pays twice. The score is read strictly
 from a ``<score>N</score>`` tag and range-checked; anything else is a failure: the sample
@@ -34,15 +34,12 @@ import json
 import logging
 import math
 import os
-import random
 import re
 import string
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
+from wavalign import net
 from wavalign.audio_io import wav_bytes  # also importable from here, as before
 from wavalign.rewards.audio import as_waveform
 
@@ -239,9 +236,9 @@ class HttpJudge:
         key = os.environ.get(self.config.api_key_env) if self.config.api_key_env else None
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        limits = httpx.Limits(max_connections=self.config.concurrency)
         semaphore = asyncio.Semaphore(self.config.concurrency)
-        async with httpx.AsyncClient(headers=headers, timeout=self.config.timeout_s, limits=limits) as client:
+        async with net.session(headers=headers, timeout_s=self.config.timeout_s,
+                               concurrency=self.config.concurrency) as client:
             tasks = [self._score_one(client, semaphore, q, c) for q, c in zip(questions, completions)]
             return list(await asyncio.gather(*tasks))
 
@@ -257,70 +254,28 @@ class HttpJudge:
             self.stats["cache_hits"] += 1
             return json.loads(cache.read_text())["score"]
         url = self.config.base_url.rstrip("/") + "/chat/completions"
-        loop = asyncio.get_running_loop()
-        deadline = None  # loop time; set when the first attempt holds a slot
-        reason = None  # the last attempt's failure
-        for attempt in range(self.config.max_retries + 1):
-            delay = wanted = None
-            if deadline is None:
-                await semaphore.acquire()
-                deadline = loop.time() + self.config.total_deadline_s
-            else:
-                try:  # waiting for a slot to retry counts against the deadline
-                    await asyncio.wait_for(semaphore.acquire(), max(0.0, deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    return self._past_deadline(attempt, reason, "while waiting for a slot to retry")
-            try:
-                self.stats["requests"] += 1
-                start = time.perf_counter()
-                try:
-                    response = await asyncio.wait_for(client.post(url, json=payload),
-                                                      max(0.0, deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    self.stats["latencies"].append(time.perf_counter() - start)
-                    return self._past_deadline(attempt + 1, reason, "during a request")
-                except (httpx.TimeoutException, httpx.TransportError) as error:
-                    reason = "timeout" if isinstance(error, httpx.TimeoutException) else "connection"
-                    self.stats["latencies"].append(time.perf_counter() - start)
-                else:
-                    self.stats["latencies"].append(time.perf_counter() - start)
-                    if response.status_code == 200:
-                        return self._accept(response, cache)
-                    if response.status_code != 429 and response.status_code < 500:
-                        self._fail(f"http_{response.status_code}")  # a client error: retrying won't help
-                        log.warning("judge request rejected with HTTP %d", response.status_code)
-                        return None
-                    reason = f"http_{response.status_code}"
-                    retry_after = response.headers.get("Retry-After")
-                    if retry_after is not None:
-                        try:
-                            wanted = max(0.0, float(retry_after))
-                            delay = min(wanted, self.config.backoff_max_s)
-                        except ValueError:
-                            delay = wanted = None
-            finally:
-                semaphore.release()
-            if attempt == self.config.max_retries:
-                self._fail(reason)
-                log.warning("judge request failed after %d attempts (%s)", attempt + 1, reason)
-                return None
-            if delay is None:  # exponential backoff with full jitter
-                delay = random.uniform(0, min(self.config.backoff_max_s, self.config.backoff_base_s * 2**attempt))
-            wait = max(delay, wanted or 0.0)  # a Retry-After past the deadline: give up now
-            if wait >= deadline - loop.time():
-                return self._past_deadline(attempt + 1, reason, f"before a retry (it would wait {wait:.2f} s)")
-            await asyncio.sleep(delay)
+        outcome = await net.post(client, semaphore, url, json.dumps(payload).encode(), policy=self._policy,
+                                 stats=self.stats)
+        if outcome.reply is not None:
+            return self._accept(outcome.reply.body, cache)
+        self._fail(outcome.reason)
+        if outcome.reason == "deadline":
+            log.warning("judge request gave up at its %.2f s deadline %s, after %d attempt(s) (last error: %s)",
+                        self.config.total_deadline_s, outcome.when, outcome.attempts, outcome.last or "none")
+        elif outcome.when == net.CLIENT_ERROR:
+            log.warning("judge request rejected with HTTP %s", outcome.reason[5:])  # retrying won't help
+        else:
+            log.warning("judge request failed after %d attempts (%s)", outcome.attempts, outcome.reason)
         return None
 
-    def _past_deadline(self, attempts: int, last: str | None, when: str) -> None:
-        self._fail("deadline")
-        log.warning("judge request gave up at its %.2f s deadline %s, after %d attempt(s) (last error: %s)",
-                    self.config.total_deadline_s, when, attempts, last or "none")
-        return None
+    @property
+    def _policy(self) -> net.RetryPolicy:
+        c = self.config
+        return net.RetryPolicy(c.max_retries, c.backoff_base_s, c.backoff_max_s, c.total_deadline_s)
 
-    def _accept(self, response, cache: Path | None) -> float | None:
+    def _accept(self, body: bytes, cache: Path | None) -> float | None:
         try:
-            text = response.json()["choices"][0]["message"]["content"]
+            text = json.loads(body)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
             self._fail("malformed_response")
             return None

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from wavalign import ops
+from wavalign import _ops, ops
 from wavalign.adapters import ModelAdapter, rows_inputs
-from wavalign.codes import PHASE_SPEECH
+from wavalign.codes import FINISH_NAMES, FINISH_RUNNING, PHASE_SPEECH
 from wavalign.modality import ModalitySpec
 from wavalign.rollout.interleave import InterleaveState
 from wavalign.sampling_params import PENALTY_FIELD_NAMES, SAMPLING_FIELDS, ModalitySampling
@@ -87,6 +87,111 @@ def _penalties_active(params: SamplingParams) -> bool:
     return any(getattr(m, name) != offs[name] for m in (params.text, params.speech) for name in PENALTY_FIELD_NAMES)
 
 
+class _ParamTable:
+    """The seven sampling parameters of both modalities, built once per generate(): rows(phase)
+    gives each row its phase's values with one gather per dtype (text values for the text and
+    closing phases, speech values for the speech phase), in the sampler's argument order."""
+
+    def __init__(self, params: SamplingParams, device):
+        self.names = list(ops.SAMPLING_PARAMS)
+        self.groups = {}  # dtype -> ([K, 2] values: column 0 text, 1 speech, names of its K rows)
+        for dtype in {dtype for dtype, _ in ops.SAMPLING_PARAMS.values()}:
+            names = [n for n in self.names if ops.SAMPLING_PARAMS[n][0] == dtype]
+            values = torch.tensor([[getattr(params.text, n), getattr(params.speech, n)] for n in names],
+                                  dtype=dtype, device=device)
+            self.groups[dtype] = (values, names)
+
+    def rows(self, phase: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """phase [N] int8 -> the [N] parameter tensors, in ops.SAMPLING_PARAMS order."""
+        column = (phase == PHASE_SPEECH).long()
+        picked = {}
+        for values, names in self.groups.values():
+            rows = values.index_select(1, column)  # [K, N], each row contiguous
+            picked.update(zip(names, rows.unbind(0)))
+        return tuple(picked[n] for n in self.names)
+
+    def values(self, phase: int) -> dict[str, float]:
+        """The parameter values a row in `phase` samples with (for error messages)."""
+        column = int(phase == PHASE_SPEECH)
+        out = {}
+        for values, names in self.groups.values():
+            out.update({n: values[i, column].item() for i, n in enumerate(names)})
+        return {n: out[n] for n in self.names}
+
+
+_SAMPLER, _INTERLEAVE = 1, 2  # which op a recorded error came from
+
+
+class _DecodeRecord:
+    """What generate() returns, kept in device buffers written by index each step (no host
+    read-back per token) and copied to the host once at the end; and the first error each
+    row met (op, step, status code, phase, id), raised at the next host check."""
+
+    def __init__(self, rows: int, width: int, pad_id: int, device):
+        def full(value, dtype, shape=(rows, width)):
+            return torch.full(shape, value, dtype=dtype, device=device)
+
+        self.pad_id = pad_id
+        self.ids, self.logprobs, self.raw = full(pad_id, torch.int64), full(0.0, torch.float32), full(0.0, torch.float32)
+        self.phases, self.sets = full(-1, torch.int8), full(-1, torch.int8)
+        self.lengths = full(0, torch.int64, (rows,))
+        self.reasons = full(FINISH_RUNNING, torch.int8, (rows,))
+        self.error_step = full(-1, torch.int64, (rows,))
+        self.error_code, self.error_op = full(0, torch.int32, (rows,)), full(0, torch.int8, (rows,))
+        self.error_phase, self.error_id = full(0, torch.int8, (rows,)), full(-1, torch.int64, (rows,))
+
+    def write(self, live, step: int, running, ids, logprobs, raw, phase, allowed) -> None:
+        """Step `step` of the live rows; rows that already finished write nothing."""
+        def put(buffer, values, fill):
+            buffer[live, step] = torch.where(running, values.to(buffer.dtype), fill)
+
+        put(self.ids, ids, self.pad_id)
+        put(self.logprobs, logprobs, 0.0)
+        put(self.raw, raw, 0.0)
+        put(self.phases, phase, -1)
+        put(self.sets, allowed, -1)
+        self.lengths[live] += running.long()
+
+    def note_error(self, live, step: int, status, running, phase, *, op: int, ids=None) -> None:
+        """Keep the first failure of each running row."""
+        failed = (status != 0) & running & (self.error_step[live] < 0)
+        self.error_step[live] = torch.where(failed, step, self.error_step[live])
+        self.error_code[live] = torch.where(failed, status, self.error_code[live])
+        self.error_op[live] = torch.where(failed, op, self.error_op[live])
+        self.error_phase[live] = torch.where(failed, phase, self.error_phase[live])
+        if ids is not None:
+            self.error_id[live] = torch.where(failed, ids, self.error_id[live])
+
+    def first_error(self, table: _ParamTable) -> ValueError | None:
+        """The error of the row that failed first (earliest step, then lowest row), or None.
+        One host read of [rows] flags."""
+        failed = self.error_step >= 0
+        if not bool(failed.any()):
+            return None
+        steps = torch.where(failed, self.error_step, torch.full_like(self.error_step, 2**62))
+        row = int(torch.argmin(steps))
+        step, code, op = int(self.error_step[row]), int(self.error_code[row]), int(self.error_op[row])
+        count, total = int(failed.sum()), failed.numel()
+        if op == _SAMPLER:
+            detail = _ops.SAMPLE_STATUS_MESSAGES.get(code, f"native status {code}")
+            if code in _ops.SAMPLE_STATUS_WITH_PARAMS:
+                values = ", ".join(f"{k}={v:g}" for k, v in table.values(int(self.error_phase[row])).items())
+                detail += f"; row {row} has {values}"
+            return ValueError(f"sample_tokens: row {row} cannot be sampled at decode step {step}: {detail} "
+                              f"({count} of {total} rows failed)")
+        token = int(self.error_id[row])
+        reason = "is outside the vocabulary" if code == 1 else (
+            f"is not allowed in the row's phase {int(self.error_phase[row])} under this schedule")
+        return ValueError(f"interleave: row {row} at decode step {step}: sampled id {token} {reason} "
+                          f"({count} of {total} rows failed)")
+
+    def to_host(self):
+        """(ids, logprobs, raw log-probs, phases, allowed sets, lengths, finish reason names)."""
+        names = [FINISH_NAMES[int(r)] if int(r) != FINISH_RUNNING else "length" for r in self.reasons.tolist()]
+        return (self.ids.cpu(), self.logprobs.cpu(), self.raw.cpu(), self.phases.cpu(), self.sets.cpu(),
+                self.lengths.cpu(), names)
+
+
 class _StepClock:
     """Accumulates wall time per decode-step section. With sync=True it waits for the device
     before each reading, so asynchronous CUDA work is charged to the section that issued it."""
@@ -111,11 +216,17 @@ class _StepClock:
 
 class RolloutEngine:
     def __init__(self, model, spec: ModalitySpec, *, pad_id: int | None = None, profile: bool = False,
-                 adapter=None):
+                 adapter=None, sync_every: int | None = None):
         """profile: synchronise the device around each decode-step section so that
         Rollout.timings splits forward / sampling / bookkeeping exactly on CUDA (a little
         slower). On CPU the split is exact either way. adapter: a wavalign.adapters.ModelAdapter
-        that collates the prompts' extra forward inputs (default: ModelAdapter)."""
+        that collates the prompts' extra forward inputs (default: ModelAdapter). sync_every: how
+        many decode steps run between two host checks (errors, finished rows); None: every
+        step on CPU (free there), every 8 on CUDA (a check waits for the device)."""
+        if sync_every is not None and not (isinstance(sync_every, int) and not isinstance(sync_every, bool)
+                                           and sync_every >= 1):
+            raise ValueError(f"sync_every must be an int >= 1 or None, got {sync_every!r}")
+        self.sync_every = sync_every
         self.model = model
         self.adapter = adapter or ModelAdapter()
         self.spec = spec
@@ -154,20 +265,6 @@ class RolloutEngine:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          **self._last_logits_only, **rows_inputs(self.adapter, extras, self.device))
         return out.logits[:, -1, :], self._cache_of(out), mask, positions[:, -1]
-
-    @staticmethod
-    def _param_pairs(params: SamplingParams, device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """name -> (text value, speech value) as 0-dim tensors, built once per generate()."""
-        return {name: (torch.tensor(getattr(params.text, name), dtype=dtype, device=device),
-                       torch.tensor(getattr(params.speech, name), dtype=dtype, device=device))
-                for name, (dtype, _) in ops.SAMPLING_PARAMS.items()}
-
-    @staticmethod
-    def _row_params(phase: torch.Tensor, pairs) -> dict[str, torch.Tensor]:
-        """Per-row sampling parameters [N] chosen by each row's phase."""
-        speech = phase == PHASE_SPEECH
-        return {name: torch.where(speech, speech_value, text_value)
-                for name, (text_value, speech_value) in pairs.items()}
 
     @torch.no_grad()
     def generate(self, prompts, n: int = 1, params: SamplingParams | None = None, *, first_row: int = 0,
@@ -216,18 +313,16 @@ class RolloutEngine:
                                 max_speech=params.max_speech_tokens, max_total=params.max_new_tokens,
                                 device=device)
         live = torch.arange(rows, device=device)  # original row of each live batch row
-        out_ids = torch.full((rows, params.max_new_tokens), self.pad_id, dtype=torch.int64)
-        out_lp = torch.zeros((rows, params.max_new_tokens), dtype=torch.float32)
-        out_raw = torch.zeros((rows, params.max_new_tokens), dtype=torch.float32)
-        out_phase = torch.full((rows, params.max_new_tokens), -1, dtype=torch.int8)
-        out_set = torch.full((rows, params.max_new_tokens), -1, dtype=torch.int8)
-        lengths = torch.zeros(rows, dtype=torch.int64)
-        reasons = ["length"] * rows
+        record = _DecodeRecord(rows, params.max_new_tokens, self.pad_id, device)
         # Penalty history: [live rows, max_new_tokens], -1 = not yet generated (the sampler
         # skips -1). Preallocated, filled one column per step; kept only when a penalty is on.
         history = (torch.full((rows, params.max_new_tokens), -1, dtype=torch.int64, device=device)
                    if _penalties_active(params) else None)
-        param_pairs = self._param_pairs(params, device)
+        table = _ParamTable(params, device)
+        # The host looks at the device (errors, finished rows) every `check_every` steps: by
+        # default every step on CPU (free) and every 8 on CUDA, so the loop does not stall the
+        # GPU each token; finished rows then ride along, masked, until the next check.
+        check_every = self.sync_every or (1 if device.type == "cpu" else 8)
         clock = _StepClock(device, self.profile)
         decode_start = time.perf_counter()
         steps = 0
@@ -235,44 +330,41 @@ class RolloutEngine:
         clock.start()
         for step in range(params.max_new_tokens):
             steps += 1
-            sample = ops.sample_tokens(
-                logits.float().contiguous(), **self._row_params(state.phase, param_pairs),
-                history=history, allowed_ranges=state.allowed_ranges(), seed=params.seed,
-                offsets=(live + first_row) * _STEP_STRIDE + step,
-            )
+            running = ~state.finished  # [live] bool: rows still decoding at this step
+            phase, allowed = state.phase, state.allowed_set
+            ids, logprobs, raw_logprobs, status = _ops.sample_tokens_status(
+                logits.float().contiguous(), table.rows(phase), history, state.allowed_ranges(), params.seed,
+                (live + first_row) * _STEP_STRIDE + step)
             clock.lap("sample_s")
-            cpu_rows = live.cpu()
-            out_phase[cpu_rows, step] = state.phase.to("cpu", torch.int8, copy=True)  # before advance updates it
-            out_set[cpu_rows, step] = state.allowed_set.to("cpu", torch.int8, copy=True)
-            state.advance(sample.ids)
-            out_ids[cpu_rows, step] = sample.ids.cpu()
-            out_lp[cpu_rows, step] = sample.logprobs.cpu()
-            out_raw[cpu_rows, step] = sample.raw_logprobs.cpu()
-            lengths[cpu_rows] += 1
+            record.note_error(live, step, status, running, phase, op=_SAMPLER)
+            ids = torch.where(status == 0, ids, torch.full_like(ids, self.pad_id))  # a failed row feeds a valid id
+            record.write(live, step, running, ids, logprobs, raw_logprobs, phase, allowed)
+            status = state.advance_status(ids)
+            record.note_error(live, step, status, running, phase, op=_INTERLEAVE, ids=ids)
+            record.reasons[live] = state.state["finish_reason"]
             if history is not None:
-                history[:, step] = sample.ids
-            finished = state.finished
-            if bool(finished.any()):  # only rows that finished this step: earlier ones left
-                names = state.finish_reasons()
-                for local in torch.nonzero(finished).flatten().tolist():
-                    reasons[int(cpu_rows[local])] = names[local]
-            keep = torch.nonzero(~finished).flatten()
-            if keep.numel() == 0:
-                break
-            if keep.numel() < live.numel():  # compaction: finished rows leave the batch
-                cache.batch_select_indices(keep)
-                state.select(keep)
-                live, mask, last_position = live[keep], mask[keep], last_position[keep]
-                history = history[keep] if history is not None else None
-                next_ids = sample.ids[keep]
-            else:
-                next_ids = sample.ids
-            if step + 1 == params.max_new_tokens:
+                history[:, step] = ids
+            last_step = step + 1 == params.max_new_tokens
+            if (step + 1) % check_every == 0 or last_step:
+                error = record.first_error(table)
+                if error is not None:
+                    raise error
+                finished = state.finished
+                keep = torch.nonzero(~finished).flatten()
+                if keep.numel() == 0:
+                    break
+                if keep.numel() < live.numel():  # compaction: finished rows leave the batch
+                    cache.batch_select_indices(keep)
+                    state.select(keep)
+                    live, mask, last_position = live[keep], mask[keep], last_position[keep]
+                    history = history[keep] if history is not None else None
+                    ids = ids[keep]
+            if last_step:
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             last_position = last_position + 1
             clock.lap("bookkeeping_s")
-            out = self.model(input_ids=next_ids[:, None], attention_mask=mask,
+            out = self.model(input_ids=ids[:, None], attention_mask=mask,
                              position_ids=last_position[:, None], use_cache=True,
                              **{self._cache_arg: cache}, **self._last_logits_only)
             logits, cache = out.logits[:, -1, :], self._cache_of(out)
@@ -280,6 +372,7 @@ class RolloutEngine:
         clock.lap("bookkeeping_s")
         decode_seconds = time.perf_counter() - decode_start
 
+        out_ids, out_lp, out_raw, out_phase, out_set, lengths, reasons = record.to_host()
         width = int(lengths.max()) if rows else 0
         ids = out_ids[:, :width]
         positions = torch.arange(width)[None, :]

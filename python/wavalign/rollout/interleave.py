@@ -102,6 +102,18 @@ class InterleaveState:
         sampled = _ops.as_tensor(sampled, "sampled", torch.int64, self.state["phase"].device)
         self.allowed_set = _ops.interleave_advance(self._config, self.state, sampled.contiguous())
 
+    def advance_status(self, sampled: torch.Tensor) -> torch.Tensor:
+        """advance() without the host-side check, for a decode loop that must not wait for the
+        device each token: sampled is a [N] int64 tensor on the state's device; returns the
+        [N] int32 status (0 ok, 1 id outside the vocabulary, 2 id not allowed in the row's
+        phase; a rejected row keeps its state). The caller checks it (interleave_status_error)."""
+        c, s = self._config, self.state
+        self.allowed_set, status = _ops.interleave_advance_status(
+            c["schedule"], c["text_chunk"], c["speech_chunk"], c.get("ratio_pattern"), c["id_modality"], c["eos"],
+            c["begin_audio"], c["end_audio"], c["end_text"], sampled.contiguous(), s["max_text"], s["max_speech"],
+            s["max_total"], *(s[name] for name in _ops.INTERLEAVE_STATE_NAMES))
+        return status
+
     def select(self, rows: torch.Tensor) -> None:
         """Keep only `rows` (int64 indices), e.g. to drop finished rows from the batch."""
         self.state = {name: value[rows] for name, value in self.state.items()}
