@@ -41,7 +41,6 @@ _STATUS_MESSAGES = {
     ),
 }
 _STATUS_WITH_PARAMS = (7, 8)  # messages that list the row's parameter values
-SAMPLE_STATUS_MESSAGES, SAMPLE_STATUS_WITH_PARAMS = _STATUS_MESSAGES, _STATUS_WITH_PARAMS  # for the engine's errors
 
 
 # ---- Exact argument conversion: every value is checked against the storage it will have
@@ -184,15 +183,20 @@ def sample_status_error(op: str, status: torch.Tensor, params: dict) -> ValueErr
     if bad.numel() == 0:
         return None
     row = int(bad[0])
-    code = int(status[row])
-    detail = _STATUS_MESSAGES.get(code, f"native status {code}")
-    if code in _STATUS_WITH_PARAMS:
-        values = ", ".join(f"{name}={tensor[row].item():g}" for name, tensor in params.items())
-        detail += f"; row {row} has {values}"
+    detail = sample_status_detail(int(status[row]), row, lambda: {name: t[row].item() for name, t in params.items()})
     return ValueError(
         f"{op}: row {row} cannot be sampled: {detail} "
         f"({bad.numel()} of {status.numel()} rows failed)"
     )
+
+
+def sample_status_detail(code: int, row: int, values) -> str:
+    """What a sampler status code means for `row`; values() -> {parameter: value} of that row,
+    called only for the codes whose message lists them (the engine and the ops share this)."""
+    detail = _STATUS_MESSAGES.get(code, f"native status {code}")
+    if code in _STATUS_WITH_PARAMS:
+        detail += f"; row {row} has " + ", ".join(f"{name}={value:g}" for name, value in values().items())
+    return detail
 
 
 def _raise_for_status(status: torch.Tensor, params: dict) -> None:
@@ -401,6 +405,11 @@ def interleave_advance_status(schedule: int, text_chunk: int, speech_chunk: int,
     return allowed, status
 
 
+def interleave_rejection(code: int, phase: int) -> str:
+    """Why the state machine rejected a sampled id (status 1 or 2) in a row of `phase`."""
+    return "is outside the vocabulary" if code == 1 else f"is not allowed in the row's phase {phase} under this schedule"
+
+
 def interleave_status_error(status: torch.Tensor, phase: torch.Tensor,
                             sampled: torch.Tensor | None) -> ValueError | None:
     """The error for the first rejected row of an interleave status vector, or None."""
@@ -411,8 +420,7 @@ def interleave_status_error(status: torch.Tensor, phase: torch.Tensor,
         return None
     row = int(bad[0])
     token = int(sampled[row]) if sampled is not None else -1
-    reason = "is outside the vocabulary" if int(status[row]) == 1 else (
-        f"is not allowed in the row's phase {int(phase[row])} under this schedule")
+    reason = interleave_rejection(int(status[row]), int(phase[row]))
     return ValueError(f"interleave: row {row}: sampled id {token} {reason} "
                       f"({bad.numel()} of {n} rows rejected; state of those rows unchanged)")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import random
 import ssl
 import time
@@ -37,13 +38,28 @@ def ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-def session(*, headers: dict, timeout_s: float, concurrency: int) -> aiohttp.ClientSession:
-    """A session for up to `concurrency` simultaneous connections (kept alive between
-    requests) whose every connect and read waits at most `timeout_s` (a server that trickles
-    bytes is bounded by the caller's deadline instead). Use as `async with`."""
+def session(config, headers: dict | None = None) -> aiohttp.ClientSession:
+    """A session for a client config (timeout_s, concurrency, api_key_env): up to
+    `concurrency` simultaneous connections (kept alive between requests), every connect and
+    read waiting at most `timeout_s` (a server that trickles bytes is bounded by the caller's
+    deadline instead), and `Authorization: Bearer <key>` when the variable api_key_env names
+    is set (read now, never logged). Use as `async with`."""
+    headers = dict(headers or {})
+    key = os.environ.get(config.api_key_env) if config.api_key_env else None
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    timeout_s, concurrency = config.timeout_s, config.concurrency
     connector = aiohttp.TCPConnector(limit=concurrency, ssl=ssl_context())
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
     return aiohttp.ClientSession(headers=headers, connector=connector, timeout=timeout)
+
+
+def total_deadline_s(config) -> float:
+    """The per-request deadline a client config (JudgeConfig, HttpCodecConfig) puts in force:
+    its deadline_s, else every attempt timing out plus the longest backoffs between them."""
+    if config.deadline_s is not None:
+        return float(config.deadline_s)
+    return (config.max_retries + 1) * config.timeout_s + config.max_retries * config.backoff_max_s
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,11 @@ class RetryPolicy:
     backoff_base_s: float
     backoff_max_s: float
     deadline_s: float  # total per request
+
+    @classmethod
+    def of(cls, config) -> "RetryPolicy":
+        """The policy of a client config with max_retries, backoff_*_s, timeout_s, deadline_s."""
+        return cls(config.max_retries, config.backoff_base_s, config.backoff_max_s, total_deadline_s(config))
 
 
 @dataclass

@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import numbers
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -68,9 +67,7 @@ class HttpCodecConfig:
     @property
     def total_deadline_s(self) -> float:
         """The per-call deadline in force: deadline_s, or one derived from the other fields."""
-        if self.deadline_s is not None:
-            return float(self.deadline_s)
-        return (self.max_retries + 1) * self.timeout_s + self.max_retries * self.backoff_max_s
+        return net.total_deadline_s(self)
 
     def __post_init__(self):
         for name in ("decode_url", "encode_url"):
@@ -150,13 +147,8 @@ class HttpCodec:
 
     async def _run_all(self, jobs):
         """Run each job(client, semaphore) -> coroutine on one client, `concurrency` at a time."""
-        headers = {}
-        key = os.environ.get(self.config.api_key_env) if self.config.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
         semaphore = asyncio.Semaphore(self.config.concurrency)
-        async with net.session(headers=headers, timeout_s=self.config.timeout_s,
-                               concurrency=self.config.concurrency) as client:
+        async with net.session(self.config) as client:
             return list(await asyncio.gather(*(job(client, semaphore) for job in jobs)))
 
     async def _decode_one(self, client, semaphore, payload: dict) -> torch.Tensor | None:
@@ -205,10 +197,8 @@ class HttpCodec:
     async def _post(self, client, semaphore, url: str, body: bytes, headers: dict) -> tuple[bytes | None, str | None, str]:
         """POST with retries, backoff and the total deadline (wavalign.net.post) -> (the 200
         answer's body, None, "") or (None, failure reason, what happened)."""
-        c = self.config
         outcome = await net.post(client, semaphore, url, body, headers=headers, stats=self.stats,
-                                 policy=net.RetryPolicy(c.max_retries, c.backoff_base_s, c.backoff_max_s,
-                                                        c.total_deadline_s))
+                                 policy=net.RetryPolicy.of(self.config))
         if outcome.reply is not None:
             return outcome.reply.body, None, ""
         if outcome.reason == "deadline":

@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import string
 from dataclasses import dataclass
@@ -114,9 +113,7 @@ class JudgeConfig:
     @property
     def total_deadline_s(self) -> float:
         """The per-request deadline in force: deadline_s, or one derived from the other fields."""
-        if self.deadline_s is not None:
-            return float(self.deadline_s)
-        return (self.max_retries + 1) * self.timeout_s + self.max_retries * self.backoff_max_s
+        return net.total_deadline_s(self)
 
     def __post_init__(self):
         if self.kind not in PROMPTS:
@@ -232,13 +229,8 @@ class HttpJudge:
         self.stats["failures"][reason] = self.stats["failures"].get(reason, 0) + 1
 
     async def _score_all(self, questions, completions) -> list[float | None]:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.config.api_key_env) if self.config.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
         semaphore = asyncio.Semaphore(self.config.concurrency)
-        async with net.session(headers=headers, timeout_s=self.config.timeout_s,
-                               concurrency=self.config.concurrency) as client:
+        async with net.session(self.config, {"Content-Type": "application/json"}) as client:
             tasks = [self._score_one(client, semaphore, q, c) for q, c in zip(questions, completions)]
             return list(await asyncio.gather(*tasks))
 
@@ -254,7 +246,8 @@ class HttpJudge:
             self.stats["cache_hits"] += 1
             return json.loads(cache.read_text())["score"]
         url = self.config.base_url.rstrip("/") + "/chat/completions"
-        outcome = await net.post(client, semaphore, url, json.dumps(payload).encode(), policy=self._policy,
+        outcome = await net.post(client, semaphore, url, json.dumps(payload).encode(),
+                                 policy=net.RetryPolicy.of(self.config),
                                  stats=self.stats)
         if outcome.reply is not None:
             return self._accept(outcome.reply.body, cache)
@@ -267,11 +260,6 @@ class HttpJudge:
         else:
             log.warning("judge request failed after %d attempts (%s)", outcome.attempts, outcome.reason)
         return None
-
-    @property
-    def _policy(self) -> net.RetryPolicy:
-        c = self.config
-        return net.RetryPolicy(c.max_retries, c.backoff_base_s, c.backoff_max_s, c.total_deadline_s)
 
     def _accept(self, body: bytes, cache: Path | None) -> float | None:
         try:

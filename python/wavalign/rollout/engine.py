@@ -173,15 +173,11 @@ class _DecodeRecord:
         step, code, op = int(self.error_step[row]), int(self.error_code[row]), int(self.error_op[row])
         count, total = int(failed.sum()), failed.numel()
         if op == _SAMPLER:
-            detail = _ops.SAMPLE_STATUS_MESSAGES.get(code, f"native status {code}")
-            if code in _ops.SAMPLE_STATUS_WITH_PARAMS:
-                values = ", ".join(f"{k}={v:g}" for k, v in table.values(int(self.error_phase[row])).items())
-                detail += f"; row {row} has {values}"
+            detail = _ops.sample_status_detail(code, row, lambda: table.values(int(self.error_phase[row])))
             return ValueError(f"sample_tokens: row {row} cannot be sampled at decode step {step}: {detail} "
                               f"({count} of {total} rows failed)")
         token = int(self.error_id[row])
-        reason = "is outside the vocabulary" if code == 1 else (
-            f"is not allowed in the row's phase {int(self.error_phase[row])} under this schedule")
+        reason = _ops.interleave_rejection(code, int(self.error_phase[row]))
         return ValueError(f"interleave: row {row} at decode step {step}: sampled id {token} {reason} "
                           f"({count} of {total} rows failed)")
 
