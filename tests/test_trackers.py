@@ -16,9 +16,9 @@ import torch
 
 from wavalign.rewards.base import Completion, RewardResult
 from wavalign.train.config import ConfigError, TrainConfig
-from wavalign.train.data import read_wav
-from wavalign.train.run_log import (RunLog, TrackerUnavailableError, completion_rows, read_metrics, redact_secrets,
-                                    write_audio)
+from wavalign.audio_io import read_audio as read_wav
+from wavalign.audio_io import write_audio
+from wavalign.train.run_log import RunLog, TrackerUnavailableError, completion_rows, read_metrics, redact_secrets
 
 RATE = 16_000
 SECRET = "s3cret-value-never-logged"

@@ -63,12 +63,6 @@ def judge_prompt_text(example: TrainExample, tokenizer) -> str:
     return tokenizer.decode(example.prompt_ids, skip_special_tokens=True)
 
 
-def read_wav(path: str | Path) -> tuple[torch.Tensor, int]:
-    """An audio file (WAV of any sample width, FLAC, OGG) -> (mono float32 waveform [S] in
-    [-1, 1], sample rate). Kept for compatibility: wavalign.audio_io.read_audio."""
-    return read_audio(path)
-
-
 class RecordConverter:
     """JSON records -> TrainExample, for one record format.
 

@@ -280,6 +280,8 @@ class RunLog:
             completion = completions[index] if index < len(completions) else None
             wave, rate = _waveform(completion, codec)
             if wave is not None:
+                from wavalign.audio_io import write_audio  # 16-bit PCM WAV through soundfile
+
                 path = folder / f"step_{step}" / f"{row['row']}.wav"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_audio(path, wave, rate)
@@ -364,16 +366,6 @@ def _waveform(completion, codec):
         wave = wave.detach().float().cpu().numpy()
     wave = np.asarray(wave, dtype=np.float32).reshape(-1)
     return (wave, rate) if wave.size else (None, None)
-
-
-def write_audio(path: Path, wave, sample_rate: int) -> None:
-    """16-bit mono PCM WAV through soundfile (libsndfile), which train.data.read_wav and
-    Python's wave module read back. Samples beyond [-1, 1] clip, as 16-bit PCM must."""
-    import numpy as np
-    import soundfile
-
-    wave = np.asarray(wave, dtype=np.float32).reshape(-1).clip(-1.0, 1.0)
-    soundfile.write(str(path), wave, int(sample_rate), subtype="PCM_16", format="WAV")
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -162,18 +162,19 @@ class Collector:
         c = self.config
         G = c.rollout.group_size
         batch = StepBatch(examples=list(examples), group_size=G, spec=self.spec, pad_id=self.pad_id)
-        extras = prompt_inputs_of(self.adapter, examples)  # [B] extra forward inputs (None: ids only)
-        has_extras = any(e is not None for e in extras)
-        if has_extras and c.mode == "dpo":
+        extras = prompt_inputs_of(self.adapter, examples)  # [B] extra forward inputs of each prompt
+        if all(e is None for e in extras):  # ids only: the usual case
+            extras = None
+        if extras is not None and c.mode == "dpo":
             raise ValueError("this model's adapter gives prompts extra forward inputs, which DPO pairs do not carry "
                              "yet; use mode hybrid, grpo or sft")
         if c.mode != "sft" and not (c.mode == "dpo" and dpo_pair_source(c, examples) == "offline"):
             t0 = time.perf_counter()
             rollout = self._rollout(examples, seed=c.run.seed * 1_000_003 + step, first_row=first_prompt * G,
-                                    extras=extras if has_extras else None)
+                                    extras=extras)
             batch.rows = ResponseRows([p for p in rollout.prompt_ids for _ in range(G)], rollout.ids,
                                       rollout.lengths, rollout.token_types,
-                                      extras=[e for e in extras for _ in range(G)] if has_extras else None)
+                                      extras=None if extras is None else [e for e in extras for _ in range(G)])
             if c.scores_sampling_distribution:  # score each token as it was drawn
                 text_t, speech_t = c.rollout.text_sampling.temperature, c.rollout.speech_sampling.temperature
                 batch.rows.temperature = torch.where(rollout.phases == PHASE_SPEECH, speech_t, text_t).float()
@@ -187,7 +188,7 @@ class Collector:
                 batch.timings["reward"] = time.perf_counter() - t0
                 if c.mode in ("hybrid", "grpo"):
                     batch.stats = group_statistics(batch.rewards, c.objective)
-        batch.gold = gold_rows(examples, self.spec, self.pad_id, extras if has_extras else None)
+        batch.gold = gold_rows(examples, self.spec, self.pad_id, extras)
         return batch
 
     def _rollout(self, examples: list[TrainExample], *, seed: int, first_row: int, extras=None) -> Rollout:
