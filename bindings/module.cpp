@@ -8,6 +8,7 @@
 #include <string>
 
 #include "tensor_arg.h"
+#include "wavalign/dtw.h"
 #include "wavalign/group_stats.h"
 #include "wavalign/interleave.h"
 #include "wavalign/sampling.h"
@@ -205,6 +206,80 @@ void group_stats(py::handle rewards_obj, int32_t mode, bool sample_std, double e
            WAVALIGN_CUDA_FN(group_stats_cuda));
 }
 
+// Frame features must be finite: a NaN distance would make "least" meaningless. The scan
+// tests exponent bits with an integer OR-reduction (vectorisable without fast-math), and
+// only looks for the first bad index once it knows there is one.
+void require_finite(const TensorArg& arg) {
+  const uint32_t* bits = static_cast<const uint32_t*>(arg.data);
+  const int64_t count = arg.numel();
+  constexpr uint32_t kExponent = 0x7f800000u;  // all ones: inf or NaN
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < count; ++i) bad |= static_cast<uint32_t>((bits[i] & kExponent) == kExponent);
+  if (!bad) return;
+  const float* values = static_cast<const float*>(arg.data);
+  for (int64_t i = 0; i < count; ++i)
+    if (!std::isfinite(values[i]))
+      throw py::value_error(arg.name + " holds a non-finite value (NaN or inf) at flat index " +
+                            std::to_string(i));
+}
+
+// Lengths must lie in [0, frames]: they index the padded frame axis.
+void require_lengths(const TensorArg& arg, int64_t frames) {
+  const int64_t* values = static_cast<const int64_t*>(arg.data);
+  for (int64_t i = 0; i < arg.numel(); ++i)
+    if (values[i] < 0 || values[i] > frames)
+      throw py::value_error(arg.name + "[" + std::to_string(i) + "] = " + std::to_string(values[i]) +
+                            " is outside [0, " + std::to_string(frames) + "] (the padded frame count)");
+}
+
+void dtw_nearest(py::handle queries_obj, py::handle query_lengths_obj, py::handle templates_obj,
+                 py::handle template_lengths_obj, py::handle template_groups, py::handle hint_groups,
+                 py::handle best_index, py::handle best_distance) {
+  const TensorArg queries = tensor_arg(queries_obj, "queries");
+  const TensorArg templates = tensor_arg(templates_obj, "templates");
+  const TensorArg query_lengths = tensor_arg(query_lengths_obj, "query_lengths");
+  const TensorArg template_lengths = tensor_arg(template_lengths_obj, "template_lengths");
+  for (const TensorArg* arg : {&queries, &templates, &query_lengths, &template_lengths})
+    if (arg->is_cuda())
+      throw py::value_error("dtw_nearest runs on CPU tensors only; " + arg->name + " is on " +
+                            arg->device_str());
+  require_dtype(queries, {DType::Float32});
+  require_dtype(templates, {DType::Float32});
+  require_shape(queries, {-1, -1, -1}, "[Q, Tq, C]");
+  require_shape(templates, {-1, -1, queries.shape[2]},
+                ("[K, Tt, " + std::to_string(queries.shape[2]) + "] (C as in queries)").c_str());
+  const int64_t n_queries = queries.shape[0], n_templates = templates.shape[0];
+  require_dtype(query_lengths, {DType::Int64});
+  require_shape(query_lengths, {n_queries}, ("[" + std::to_string(n_queries) + "]").c_str());
+  require_dtype(template_lengths, {DType::Int64});
+  require_shape(template_lengths, {n_templates}, ("[" + std::to_string(n_templates) + "]").c_str());
+  require_lengths(query_lengths, queries.shape[1]);
+  require_lengths(template_lengths, templates.shape[1]);
+  require_finite(queries);
+  require_finite(templates);
+
+  DtwNearestArgs a;
+  a.queries = static_cast<const float*>(queries.data);
+  a.query_lengths = static_cast<const int64_t*>(query_lengths.data);
+  a.templates = static_cast<const float*>(templates.data);
+  a.template_lengths = static_cast<const int64_t*>(template_lengths.data);
+  a.n_queries = n_queries;
+  a.query_frames = queries.shape[1];
+  a.n_templates = n_templates;
+  a.template_frames = templates.shape[1];
+  a.channels = queries.shape[2];
+  if (template_groups.is_none() != hint_groups.is_none())
+    throw py::value_error("template_groups and hint_groups go together (give both or neither)");
+  if (!template_groups.is_none()) {
+    a.template_groups = checked<const int64_t>(template_groups, "template_groups", DType::Int64, {n_templates}, queries);
+    a.hint_groups = checked<const int64_t>(hint_groups, "hint_groups", DType::Int64, {n_queries}, queries);
+  }
+  a.best_index = checked<int64_t>(best_index, "best_index", DType::Int64, {n_queries}, queries);
+  a.best_distance = checked<float>(best_distance, "best_distance", DType::Float32, {n_queries}, queries);
+  py::gil_scoped_release release;
+  dtw_nearest_cpu(a);
+}
+
 // The schedule and special ids shared by interleave_advance and interleave_allowed_mask,
 // checked, in an InterleaveArgs whose per-row pointers are still unset.
 InterleaveArgs interleave_config(int32_t schedule, const TensorArg& modality, int64_t eos, int64_t begin_audio,
@@ -354,6 +429,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("interleave_allowed_mask", &interleave_allowed_mask, py::arg("schedule"),
         py::arg("id_modality"), py::arg("eos"), py::arg("begin_audio"), py::arg("end_audio"),
         py::arg("end_text"), py::arg("allowed_set"), py::arg("out_mask"));
+  m.def("dtw_nearest", &dtw_nearest, py::arg("queries"), py::arg("query_lengths"), py::arg("templates"),
+        py::arg("template_lengths"), py::arg("template_groups"), py::arg("hint_groups"), py::arg("best_index"),
+        py::arg("best_distance"));
   m.def("build_info", &build_info);
   m.def("cuda_device_count", &cuda_device_count,
         "Number of usable CUDA devices (0 without CUDA kernels, driver or GPU).");

@@ -105,6 +105,28 @@ def test_judges_on_policy_outputs(fast_world):
         assert scores.shape == (12,) and ((scores >= 1) & (scores <= 5)).all()
 
 
+def test_batched_listening_equals_one_at_a_time(fast_world):
+    """WorldScorer.assess_many (threads + one batched DTW call) gives each response exactly what
+    assess() gives it alone, including silent responses, duplicates and mumbling."""
+    from wavalign.world.metrics import WorldScorer
+
+    test = fast_world.examples("test")[:8]
+    _, channels = fast_world.generate(fast_world.load_policy(), test, n=3, temperature=1.2, seed=5)
+    items = [(text, units, test[row // 3]["answer"], test[row // 3]["style"])
+             for row, (text, units) in enumerate(channels)]
+    items += [("", [], test[0]["answer"], test[0]["style"]), items[0],
+              (test[1]["response_text"], test[1]["response_units"], test[1]["answer"], test[1]["style"])]
+    base = fast_world.scorer
+
+    def fresh():
+        return WorldScorer(base.units, base.recognizer, base.meter)
+
+    batched = fresh().assess_many(items)
+    alone = [fresh().assess(*item) for item in items]
+    assert [a.__dict__ for a in batched] == [a.__dict__ for a in alone]
+    assert batched[-1].recognized == test[1]["response_text"] and batched[-3].eq == 1.0
+
+
 def test_report_has_headroom(fast_world):
     # (the judges' reliability ordering is tested on controlled inputs in test_world_parts.py;
     # the fast policy is too weak for its outputs to spread the semantic score)

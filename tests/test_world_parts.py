@@ -12,7 +12,7 @@ from wavalign.world.config import JudgeNoise, WorldConfig
 from wavalign.world.espeak import Voice, synthesize
 from wavalign.world.judges import AcousticJudge, SemanticJudge
 from wavalign.world.metrics import Assessment, answer_correct, spearman, word_error_rate
-from wavalign.world.recognizer import dtw_distances
+from wavalign.reference.dtw import reference_dtw_distances
 from wavalign.world.style_meter import measure
 from wavalign.world.units import UnitTokenizer
 
@@ -123,7 +123,7 @@ def test_unit_learning_is_deterministic(small_units):
 
 
 def _reference_dtw(query, template):
-    """Plain double loop with the same step pattern as dtw_distances."""
+    """Plain double loop with the same step pattern as the DTW twin."""
     tq, tt = len(query), len(template)
     total = [[math.inf] * tt for _ in range(tq)]
     total[0][0] = float(torch.dist(query[0], template[0]))
@@ -135,14 +135,14 @@ def _reference_dtw(query, template):
     return total[-1][-1] / tq
 
 
-def test_dtw_matches_the_plain_loop():
+def test_dtw_twin_matches_the_plain_loop():
     g = torch.Generator().manual_seed(0)
     query = torch.randn(9, 3, generator=g)
     lengths = torch.tensor([5, 9, 12, 3, 20])
     templates = torch.zeros(5, 20, 3)
     for k, n in enumerate(lengths.tolist()):
         templates[k, :n] = torch.randn(n, 3, generator=g)
-    got = dtw_distances(query, templates, lengths)
+    got = reference_dtw_distances(query, templates, lengths)
     want = [_reference_dtw(query, templates[k, :n]) for k, n in enumerate(lengths.tolist())]
     for g_value, w_value in zip(got.tolist(), want):
         assert (math.isinf(g_value) and math.isinf(w_value)) or abs(g_value - w_value) < 1e-4

@@ -364,6 +364,18 @@ def group_stats_native(rewards: torch.Tensor, mode: int, sample_std: bool, eps: 
     return out
 
 
+def dtw_nearest(queries: torch.Tensor, query_lengths: torch.Tensor, templates: torch.Tensor,
+                template_lengths: torch.Tensor, template_groups: torch.Tensor | None = None,
+                hint_groups: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The native nearest-template DTW (CPU). -> (best_index [Q] int64, best_distance [Q] float32)."""
+    n = queries.shape[0] if queries.dim() == 3 else 0
+    best_index = torch.empty(n, dtype=torch.int64)
+    best_distance = torch.empty(n, dtype=torch.float32)
+    _core.dtw_nearest(queries, query_lengths, templates, template_lengths, template_groups, hint_groups, best_index,
+                      best_distance)
+    return best_index, best_distance
+
+
 def interleave_advance(config: dict, state: dict[str, torch.Tensor], sampled: torch.Tensor | None) -> torch.Tensor:
     """Advances the interleave state in place; returns the next allowed set per row [N] int32."""
     allowed, status = interleave_advance_status(

@@ -214,6 +214,46 @@ def group_stats(
     return GroupStats(**out)
 
 
+class DtwNearest(NamedTuple):
+    index: torch.Tensor  # [Q] int64, the nearest template per query (-1: none reachable)
+    distance: torch.Tensor  # [Q] float32, its mean per-frame path cost (+inf: none reachable)
+
+
+def dtw_nearest(queries, query_lengths, templates, template_lengths, *, template_groups=None,
+                hint_groups=None) -> DtwNearest:
+    """The nearest template of each query under DTW, exactly (native, CPU; twin:
+    reference.dtw.reference_dtw_nearest). Contract: cpp/include/wavalign/dtw.h.
+
+    A path runs from both first frames to both last frames, each step advancing the query by
+    one frame and the template by 0, 1 or 2 (the query may be slower than a template by any
+    factor, or up to twice as fast); distance = least sum of Euclidean frame distances / Tq.
+    Ties go to the lowest template index.
+
+    Args:
+        queries: [Q, Tq, C] float32, zero padded past each query's length.
+        query_lengths: [Q] int64 in [0, Tq].
+        templates: [K, Tt, C] float32, zero padded.
+        template_lengths: [K] int64 in [0, Tt].
+        template_groups, hint_groups: optional [K] / [Q] int64 (given together): the
+            templates of each query's hinted group (-1: none) are tried first. A hint only
+            speeds the search up; the result is the same with or without it.
+
+    Raises:
+        TypeError for a wrong dtype; ValueError for a wrong shape, a CUDA tensor, a length
+        outside its range or a non-finite feature (naming the argument).
+    """
+    queries, templates = _as_tensor(queries, "queries"), _as_tensor(templates, "templates")
+    query_lengths = _as_tensor(query_lengths, "query_lengths")
+    template_lengths = _as_tensor(template_lengths, "template_lengths")
+    if template_groups is not None:
+        template_groups = _as_tensor(template_groups, "template_groups")
+    if hint_groups is not None:
+        hint_groups = _as_tensor(hint_groups, "hint_groups")
+    index, distance = _ops.dtw_nearest(queries, query_lengths, templates, template_lengths, template_groups,
+                                       hint_groups)
+    return DtwNearest(index, distance)
+
+
 build_info = _ops.build_info
 cuda_device_count = _ops.cuda_device_count
 set_num_threads = _ops.set_num_threads
@@ -222,6 +262,8 @@ get_num_threads = _ops.get_num_threads
 __all__ = [
     "GroupStats",
     "group_stats",
+    "DtwNearest",
+    "dtw_nearest",
     "SampledTokens",
     "sample_tokens",
     "build_info",

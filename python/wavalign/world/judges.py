@@ -30,6 +30,15 @@ from wavalign.world.metrics import Assessment, WorldScorer
 log = logging.getLogger(__name__)
 
 
+def prefetch(scorer: WorldScorer, completions: Sequence[Completion], answer: Sequence[str], style: Sequence[str]) -> None:
+    """Listen to a batch's unit-speech completions at once (WorldScorer.assess_many), so the
+    per-completion assess() calls that follow hit the scorer's cache."""
+    assess_many = getattr(scorer, "assess_many", None)  # a stand-in scorer may only assess one at a time
+    items = [(c.text, c.speech_units, a, s) for c, a, s in zip(completions, answer, style) if c.audio is None]
+    if assess_many is not None and len(items) > 1:
+        assess_many(items)
+
+
 def assess(scorer: WorldScorer, completion: Completion, answer: str, style: str) -> Assessment:
     """Listen to the completion's waveform when it has one, else to its world speech units."""
     if completion.audio is not None:
@@ -74,6 +83,7 @@ class _WorldJudge:
         if not (len(completions) == len(answer) == len(style) == len(keys)):
             raise ValueError(f"{self.name}: {len(completions)} completions but {len(answer)} answers, "
                              f"{len(style)} styles and {len(keys)} sample keys")
+        prefetch(self.scorer, completions, answer, style)
         return [self.judge(assess(self.scorer, c, a, s), k)
                 for c, a, s, k in zip(completions, answer, style, keys)]
 
@@ -111,6 +121,7 @@ class ExactScore:
         if not (len(completions) == len(answer) == len(style)):
             raise ValueError(f"{self.__name__}: {len(completions)} completions but {len(answer)} answers and "
                              f"{len(style)} styles")
+        prefetch(self.scorer, completions, answer, style)
         out = []
         for c, a, s in zip(completions, answer, style):
             assessment = assess(self.scorer, c, a, s)

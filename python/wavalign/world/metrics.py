@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -26,6 +28,11 @@ from wavalign.world.units import UnitTokenizer
 
 MIN_SPEECH_UNITS = 3  # fewer units than this is not an utterance
 MIN_SPEECH_SAMPLES = (MIN_SPEECH_UNITS - 1) * HOP  # the length MIN_SPEECH_UNITS units decode to
+
+
+def _listen_workers() -> int:
+    """Threads for assess_many: one per core, at most 4 (a response takes a few ms)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 def normalize(text: str) -> list[str]:
@@ -80,9 +87,31 @@ class WorldScorer:
     def assess(self, text: str, speech_units: Sequence[int], answer: str, style: str) -> Assessment:
         """A response whose speech is world units, detokenised by the world's vocoder."""
         units = tuple(int(u) for u in speech_units)
-        return self._cached((text, units, answer, style),
-                            lambda: self._listen(text, self.wave(units) if len(units) >= MIN_SPEECH_UNITS else None,
-                                                 answer, style))
+        return self._cached((text, units, answer, style), lambda: self._listen_units(text, units, answer, style))
+
+    def assess_many(self, items: Sequence[tuple[str, Sequence[int], str, str]]) -> list[Assessment]:
+        """assess() of many (text, speech_units, answer, style) at once, each exactly as assess()
+        would: the responses not heard yet are vocoded and analysed on a few threads (torch and
+        numpy release the GIL) and recognised in one native call, parallel over responses."""
+        keys = [(text, tuple(int(u) for u in units), answer, style) for text, units, answer, style in items]
+        missing = list(dict.fromkeys(key for key in keys if key not in self._cache))
+        if len(missing) > 1:
+            def frames_of(units):
+                return analyze(self.wave(units)) if len(units) >= MIN_SPEECH_UNITS else None
+
+            with ThreadPoolExecutor(max_workers=min(len(missing), _listen_workers())) as pool:
+                frames = list(pool.map(frames_of, (key[1] for key in missing)))
+            speaking = [i for i, f in enumerate(frames) if f is not None]
+            heard = self.recognizer.recognize_many([frames[i] for i in speaking],
+                                                   [" ".join(normalize(missing[i][0])) for i in speaking])
+            transcripts = dict(zip(speaking, (r.text for r in heard)))
+            for i, (text, _, answer, style) in enumerate(missing):
+                assessment = self._judge(text, frames[i], transcripts.get(i), answer, style)
+                self._cached(missing[i], lambda assessment=assessment: assessment)
+        return [self.assess(text, units, answer, style) for text, units, answer, style in keys]
+
+    def _listen_units(self, text: str, units: tuple, answer: str, style: str) -> Assessment:
+        return self._listen(text, self.wave(units) if len(units) >= MIN_SPEECH_UNITS else None, answer, style)
 
     def assess_audio(self, text: str, audio, sample_rate: int | None, answer: str, style: str) -> Assessment:
         """A response whose speech is a waveform — audio: [S] float at sample_rate, e.g. from a
@@ -102,13 +131,19 @@ class WorldScorer:
 
     def _listen(self, text: str, wave: torch.Tensor | None, answer: str, style: str) -> Assessment:
         """wave: [S] float32 at SAMPLE_RATE, or None for a response without speech."""
+        if wave is None or wave.shape[0] < MIN_SPEECH_SAMPLES:
+            return self._judge(text, None, None, answer, style)
+        frames = analyze(wave)  # listened to once, for the recognizer and the style meter
+        heard = self.recognizer.recognize(frames=frames, hint=" ".join(normalize(text))).text
+        return self._judge(text, frames, heard, answer, style)
+
+    def _judge(self, text: str, frames, heard: str | None, answer: str, style: str) -> Assessment:
+        """The assessment of a response from its analysed speech (None: no speech) and transcript."""
         if style not in self.meter.styles:
             raise ValueError(f"unknown style {style!r}; the world has {self.meter.styles}")
         correct = answer_correct(text, answer)
-        if wave is None or wave.shape[0] < MIN_SPEECH_SAMPLES:
+        if frames is None:
             return Assessment(correct, 1.0, 1.0, "", {s: math.nan for s in self.meter.styles})
-        frames = analyze(wave)  # listened to once, for the recognizer and the style meter
-        heard = self.recognizer.recognize(frames=frames).text
         probabilities = self.meter.probabilities(measure(frames, heard))
         return Assessment(correct, 1.0 + 4.0 * probabilities[style], word_error_rate(text, heard), heard,
                           probabilities)

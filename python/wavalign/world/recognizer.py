@@ -2,7 +2,8 @@
 
 Every response the world can say is a known sentence, so recognition picks the sentence
 whose spoken templates (one per style, synthesised once and passed through the unit
-tokenizer, like any policy output) lie nearest under DTW on cepstral features. A policy that
+tokenizer, like any policy output) lie nearest under DTW on cepstral features (the native
+wavalign.ops.dtw_nearest, exact, with early abandoning; twin: reference.dtw). A policy that
 mumbles still gets *a* transcript — the nearest sentence — and the distance is returned so
 callers can reject audio that resembles nothing (see `max_distance`).
 """
@@ -12,10 +13,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from wavalign.ops import dtw_nearest
 from wavalign.world import audio
 
 N_CEPSTRA = 12
@@ -41,29 +44,6 @@ def cepstra(frames: audio.Frames, trim_db: float = 30.0) -> torch.Tensor:
     return (c - c.mean(dim=0)) / c.std(dim=0, unbiased=False).clamp_min(1e-3) if c.shape[0] > 1 else c - c.mean(0)
 
 
-def dtw_distances(query: torch.Tensor, templates: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """query [Tq, C], templates [K, Tmax, C] (zero padded), lengths [K] -> [K] path cost / Tq.
-
-    Steps (i-1, j), (i-1, j-1), (i-1, j-2): the query may be slower than a template by any
-    factor or up to twice as fast; the path runs from both first frames to both last frames.
-    One row of the cost matrix per step, vectorised over templates and template frames.
-    """
-    tq = query.shape[0]
-    if tq == 0:
-        return torch.full((templates.shape[0],), math.inf)
-    k, tmax = templates.shape[:2]
-    cost = torch.cdist(query[None].expand(k, -1, -1), templates)  # [K, Tq, Tmax]
-    # padded[:, j + 2] = total[:, j]; the two leading columns stay inf (no step from before j = 0)
-    padded = torch.full((k, tmax + 2), math.inf)
-    total = padded[:, 2:]
-    total[:, 0] = cost[:, 0, 0]
-    for i in range(1, tq):
-        best = torch.minimum(torch.minimum(padded[:, 2:], padded[:, 1:-1]), padded[:, :-2])
-        torch.add(cost[:, i], best, out=total)
-    final = total.gather(1, (lengths - 1).clamp_min(0)[:, None]).squeeze(1)
-    return final / tq
-
-
 @dataclass
 class Recognition:
     text: str
@@ -73,9 +53,10 @@ class Recognition:
 class Recognizer:
     def __init__(self, sentences: list[str], owners: torch.Tensor, templates: torch.Tensor, lengths: torch.Tensor):
         self.sentences = sentences  # the closed vocabulary
-        self.owners = owners  # [K] index into sentences of each template
-        self.templates = templates  # [K, Tmax, N_CEPSTRA]
-        self.lengths = lengths  # [K]
+        self.owners = owners.long().contiguous()  # [K] index into sentences of each template
+        self.templates = templates.float().contiguous()  # [K, Tmax, N_CEPSTRA]
+        self.lengths = lengths.long().contiguous()  # [K]
+        self._index = {sentence: i for i, sentence in enumerate(sentences)}
 
     @classmethod
     def from_waves(cls, sentences: list[str], waves: list[list]) -> "Recognizer":
@@ -91,14 +72,34 @@ class Recognizer:
             templates[k, : f.shape[0]] = f
         return cls(list(sentences), torch.tensor(owners), templates, lengths)
 
-    def recognize(self, wave=None, *, frames: audio.Frames | None = None) -> Recognition:
-        """The closest sentence to a waveform (or to its already analysed frames)."""
-        query = cepstra(frames if frames is not None else audio.analyze(wave))
-        if query.shape[0] < 2:
-            return Recognition("", math.inf)
-        distances = dtw_distances(query, self.templates, self.lengths)
-        best = int(distances.argmin())
-        return Recognition(self.sentences[int(self.owners[best])], float(distances[best]))
+    def recognize(self, wave=None, *, frames: audio.Frames | None = None, hint: str | None = None) -> Recognition:
+        """The closest sentence to a waveform (or to its already analysed frames). hint: a
+        sentence the audio probably says (e.g. the response's text channel), tried first so
+        the search ends sooner; the answer does not depend on it."""
+        return self.recognize_many([frames if frames is not None else audio.analyze(wave)], [hint])[0]
+
+    def recognize_many(self, frames: Sequence[audio.Frames], hints: Sequence[str | None] | None = None
+                       ) -> list[Recognition]:
+        """recognize() of many analysed utterances in one native call (parallel over them)."""
+        hints = list(hints) if hints is not None else [None] * len(frames)
+        if len(hints) != len(frames):
+            raise ValueError(f"{len(frames)} utterances but {len(hints)} hints")
+        queries = [cepstra(f) for f in frames]  # [T_q, N_CEPSTRA] each
+        usable = [q for q, query in enumerate(queries) if query.shape[0] >= 2]
+        out = [Recognition("", math.inf)] * len(frames)
+        if not usable:
+            return out
+        longest = max(queries[q].shape[0] for q in usable)
+        batch = torch.zeros(len(usable), longest, N_CEPSTRA)  # [Q, T_max, N_CEPSTRA], zero padded
+        for row, q in enumerate(usable):
+            batch[row, : queries[q].shape[0]] = queries[q]
+        nearest = dtw_nearest(batch, torch.tensor([queries[q].shape[0] for q in usable]), self.templates,
+                              self.lengths, template_groups=self.owners,
+                              hint_groups=torch.tensor([self._index.get(hints[q], -1) for q in usable]))
+        for row, q in enumerate(usable):
+            best = int(nearest.index[row])
+            out[q] = Recognition(self.sentences[int(self.owners[best])], float(nearest.distance[row]))
+        return out
 
     def save(self, path: str | Path) -> None:
         save_file({"owners": self.owners, "templates": self.templates.contiguous(), "lengths": self.lengths},
