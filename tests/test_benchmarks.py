@@ -94,3 +94,14 @@ def test_judge_benchmark_quick_prints_result():
                            "--latency", "0.01"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert re.match(r"RESULT ratio=\d+\.\d+ serial_s=", proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_step_benchmark_on_the_fast_world_prints_result(fast_world, world_cache):
+    env = {**os.environ, "WAVALIGN_CACHE": str(world_cache)}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_step.py"), "--world", "fast", "--steps", "3",
+                           "--repeats", "1", "--set", "optim.prompts_per_step=4", "--set", "rollout.max_new_tokens=48"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "scoring 64 responses: native batched" in proc.stdout
+    assert re.match(r"RESULT step_s=\d+\.\d+ reward_s=\d+\.\d+ scoring_ratio=\d+\.\d+", proc.stdout.strip().splitlines()[-1])

@@ -145,3 +145,39 @@ def test_ablation_runs_aggregates_and_resumes(fast_world, tmp_path):
     changed = run(args + ["--arms", "sft", "--seeds", "0", "--set", "optim.lr=1e-4"], tmp_path)
     assert changed.returncode == 0, changed.stderr[-3000:]
     assert "done before" not in changed.stdout and "1/1 sft seed 0" in changed.stdout
+
+
+def test_lr_selection_config_is_validated_and_never_uses_test(tmp_path):
+    arms = "arms: [{name: x, mode: hybrid}]\n"
+    good = AblationConfig.load(_ablation_yaml(tmp_path, arms + "lr_selection: {grid: [2e-4, 5e-5], steps: 3}\n"))
+    assert good.lr_selection.grid == (5e-5, 2e-4) and good.lr_selection.split == "dev"
+    trial = good.selection_config(good.arms[0], 5e-5, Path("o"))
+    assert trial.optim.lr == 5e-5 and trial.optim.steps == 3 and trial.eval.split == "dev"
+    assert trial.run.output_dir == str(Path("o") / "lr_selection" / "x")
+    assert good.train_config(good.arms[0], 1, Path("o"), lr=5e-5).optim.lr == 5e-5
+    for bad, message in (("{grid: [], steps: 3}", "grid"), ("{grid: [1e-4], steps: 0}", "steps"),
+                         ("{grid: [1e-4], steps: 3, split: test}", "never test"),
+                         ("{grid: [1e-4], steps: 3, metric: WER}", "metric"), ("{grid: [1e-4], step: 3}", "takes")):
+        with pytest.raises(ConfigError, match=message):
+            AblationConfig.load(_ablation_yaml(tmp_path, arms + f"lr_selection: {bad}\n"))
+
+
+@pytest.mark.slow
+def test_ablation_selects_each_arms_learning_rate_on_dev(fast_world, tmp_path):
+    config = _ablation_yaml(tmp_path, "arms:\n  - {name: sft, mode: sft}\n"
+                                      "lr_selection: {grid: [1e-5, 3e-3], steps: 2, metric: IQ}\n")
+    args = ["-m", "wavalign.eval.ablation", "--config", config, "--out", "out", "--resamples", "100", "--seeds", "0"]
+    first = run(args, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = tmp_path / "out"
+    selection = json.loads((out / "lr_selection" / "sft" / "selection.json").read_text())
+    trials = {float(k): v for k, v in selection["trials"].items()}
+    assert set(trials) == {1e-5, 3e-3} and selection["lr"] == max(trials, key=lambda lr: (trials[lr], -lr))
+    for lr in ("1e-05", "0.003"):
+        trial = json.loads((out / "lr_selection" / "sft" / f"lr_{lr}" / "eval.json").read_text())
+        assert trial["config"]["eval"]["split"] == "dev" and trial["config"]["optim"]["steps"] == 2
+    final = json.loads((out / "sft" / "seed_0" / "eval.json").read_text())
+    assert final["config"]["optim"]["lr"] == selection["lr"] and final["config"]["eval"]["split"] == "test"
+    assert "Learning rates, chosen per arm on the dev split by IQ" in (out / "table.md").read_text()
+    again = run(args, tmp_path)  # trials and runs are reused
+    assert again.returncode == 0 and "learning-rate trial" not in again.stdout and "done before, kept" in again.stdout

@@ -32,6 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from wavalign.eval.ablation_report import TABLE_METRICS, aggregate, format_tables, plot  # noqa: F401
 from wavalign.eval.core import mean_summary
@@ -52,6 +53,40 @@ class Arm:
     paper: str = ""  # the paper's row this arm stands for
 
 
+SELECTION_METRICS = ("reward", "IQ", "EQ")  # higher is better
+
+
+@dataclass(frozen=True)
+class LrSelection:
+    """Each arm's learning rate, chosen on the dev split: one run per grid value (the same
+    steps and seed for every arm), scored greedily on `split`; the best `metric` wins (ties:
+    the smaller rate). The test split is never looked at."""
+
+    grid: tuple[float, ...]
+    steps: int
+    seed: int = 0
+    split: str = "dev"
+    metric: str = "reward"
+
+    @classmethod
+    def from_dict(cls, data, where: str) -> "LrSelection":
+        if not isinstance(data, dict) or set(data) - {"grid", "steps", "seed", "split", "metric"}:
+            raise ConfigError(f"{where}: lr_selection takes grid, steps, seed, split and metric")
+        grid = data.get("grid")
+        if not (isinstance(grid, list) and grid and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                         and v > 0 for v in grid)):
+            raise ConfigError(f"{where}: lr_selection.grid must be a non-empty list of learning rates > 0")
+        steps, seed = data.get("steps"), data.get("seed", 0)
+        if not (isinstance(steps, int) and steps >= 1) or not (isinstance(seed, int) and seed >= 0):
+            raise ConfigError(f"{where}: lr_selection.steps must be an integer >= 1 and seed an integer >= 0")
+        split, metric = data.get("split", "dev"), data.get("metric", "reward")
+        if split not in ("dev", "train"):
+            raise ConfigError(f"{where}: lr_selection.split must be dev or train (never test), got {split!r}")
+        if metric not in SELECTION_METRICS:
+            raise ConfigError(f"{where}: lr_selection.metric must be one of {SELECTION_METRICS}, got {metric!r}")
+        return cls(tuple(sorted(float(v) for v in grid)), steps, seed, split, metric)
+
+
 @dataclass(frozen=True)
 class AblationConfig:
     name: str
@@ -59,12 +94,13 @@ class AblationConfig:
     common: tuple[str, ...]  # TrainConfig overrides for every arm
     arms: tuple[Arm, ...] = field(default_factory=tuple)
     reference: str | None = None  # the arm every other arm is also compared with
+    lr_selection: LrSelection | None = None  # None: every arm uses the common learning rate
 
     @classmethod
     def load(cls, path: str | Path) -> "AblationConfig":
         path = Path(path)
         data = load_mapping(path, "ablation settings", allow_empty=True, kind="ablation config", error=ConfigError)
-        unknown = set(data) - {"name", "seeds", "common", "arms", "reference"}
+        unknown = set(data) - {"name", "seeds", "common", "arms", "reference", "lr_selection"}
         if unknown:
             raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
         seeds = data.get("seeds", [0, 1, 2])
@@ -93,16 +129,39 @@ class AblationConfig:
         reference = data.get("reference")
         if reference is not None and reference not in names:
             raise ConfigError(f"{path}: reference {reference!r} is not one of the arms {names}")
-        config = cls(str(data.get("name", path.stem)), tuple(seeds), tuple(common), tuple(arms), reference)
+        selection = data.get("lr_selection")
+        selection = None if selection is None else LrSelection.from_dict(selection, str(path))
+        config = cls(str(data.get("name", path.stem)), tuple(seeds), tuple(common), tuple(arms), reference, selection)
         for arm in config.arms:  # fail on a bad override before hours of training
             for seed in config.seeds:
                 config.train_config(arm, seed, Path("."))
+            for lr in (selection.grid if selection else ()):
+                config.selection_config(arm, lr, Path("."))
         return config
 
-    def train_config(self, arm: Arm, seed: int, out: Path) -> TrainConfig:
-        overrides = list(self.common) + list(arm.overrides) + [
+    def with_overrides(self, overrides: Sequence[str]) -> "AblationConfig":
+        return AblationConfig(self.name, self.seeds, self.common + tuple(overrides), self.arms, self.reference,
+                              self.lr_selection)
+
+    def train_config(self, arm: Arm, seed: int, out: Path, lr: float | None = None) -> TrainConfig:
+        """The arm's final run for `seed` (at the selected learning rate `lr`, if any)."""
+        chosen = [] if lr is None else [f"optim.lr={lr!r}"]
+        overrides = list(self.common) + list(arm.overrides) + chosen + [
             f"mode={arm.mode}", f"run.seed={seed}", f"run.output_dir={out / arm.name}", f"run.name=seed_{seed}",
             "eval.before=false", "eval.after=false"]
+        return self._load(arm, overrides)
+
+    def selection_config(self, arm: Arm, lr: float, out: Path) -> TrainConfig:
+        """The arm's learning-rate trial at `lr`: lr_selection's steps and seed, scored on its split."""
+        s = self.lr_selection
+        overrides = list(self.common) + list(arm.overrides) + [
+            f"optim.lr={lr!r}", f"optim.steps={s.steps}", f"eval.split={s.split}", f"mode={arm.mode}",
+            f"run.seed={s.seed}", f"run.output_dir={out / 'lr_selection' / arm.name}", f"run.name=lr_{lr:g}",
+            "eval.before=false", "eval.after=false"]
+        return self._load(arm, overrides)
+
+    @staticmethod
+    def _load(arm: Arm, overrides: list[str]) -> TrainConfig:
         try:
             return TrainConfig.load(None, overrides)
         except (ConfigError, ValueError) as error:
@@ -120,10 +179,12 @@ def _finished(path: Path, config: TrainConfig) -> bool:
     return saved.get("config") == config.to_dict()
 
 
-def run_arm(arm: Arm, seed: int, config: TrainConfig, world, out: Path) -> dict:
+def run_arm(arm: Arm, seed: int, config: TrainConfig, world, out: Path, run_dir: Path | None = None) -> dict:
+    """Train one (arm, seed) and score it with the trainer's evaluator (config.eval.split);
+    -> the result, also written to <run_dir>/eval.json (default run_dir: out/<arm>/seed_<seed>)."""
     from wavalign.train.trainer import Trainer
 
-    run_dir = out / arm.name / f"seed_{seed}"
+    run_dir = run_dir or out / arm.name / f"seed_{seed}"
     start = time.perf_counter()
     trainer = Trainer(config, world=world, run_dir=run_dir)
     try:
@@ -139,6 +200,34 @@ def run_arm(arm: Arm, seed: int, config: TrainConfig, world, out: Path) -> dict:
               "eval_seconds": time.perf_counter() - start - train_seconds, "records": records}
     _write_json(run_dir / "eval.json", result)
     return result
+
+
+def select_lr(ablation: AblationConfig, arm: Arm, world, out: Path) -> dict:
+    """Run (or reuse) the arm's learning-rate trials; -> {"lr": chosen, "trials": {lr: metric}},
+    also written to out/lr_selection/<arm>/selection.json."""
+    s = ablation.lr_selection
+    trials = {}
+    for lr in s.grid:
+        config = ablation.selection_config(arm, lr, out)
+        run_dir = out / "lr_selection" / arm.name / f"lr_{lr:g}"
+        if _finished(run_dir / "eval.json", config):
+            result = json.loads((run_dir / "eval.json").read_text())
+        else:
+            print(f"[ablation] {arm.name}: learning-rate trial {lr:g} ({s.steps} steps, scored on {s.split})",
+                  flush=True)
+            result = run_arm(arm, s.seed, config, world, out, run_dir=run_dir)
+        trials[lr] = mean_summary(result["records"]).get(s.metric, math.nan)
+    finite = {lr: v for lr, v in trials.items() if not math.isnan(v)}
+    if not finite:
+        raise ValueError(f"arm {arm.name}: no learning-rate trial has a {s.metric} score")
+    best = max(finite.values())
+    chosen = min(lr for lr, v in finite.items() if v == best)  # ties: the smaller rate
+    selection = {"lr": chosen, "metric": s.metric, "split": s.split, "steps": s.steps, "seed": s.seed,
+                 "trials": {f"{lr:g}": v for lr, v in trials.items()}}
+    _write_json(out / "lr_selection" / arm.name / "selection.json", selection)
+    print(f"[ablation] {arm.name}: learning rate {chosen:g} ({s.split} {s.metric}: "
+          + ", ".join(f"{lr:g} -> {v:.3f}" for lr, v in trials.items()) + ")", flush=True)
+    return selection
 
 
 def run_base(config: TrainConfig, world, out: Path) -> dict:
@@ -184,8 +273,7 @@ def main(argv=None) -> int:
     try:
         ablation = AblationConfig.load(args.config)
         if args.overrides:
-            ablation = AblationConfig(ablation.name, ablation.seeds, ablation.common + tuple(args.overrides),
-                                      ablation.arms, ablation.reference)
+            ablation = ablation.with_overrides(args.overrides)
         arms = [a for a in ablation.arms if not args.arms or a.name in args.arms]
         unknown = set(args.arms or []) - {a.name for a in ablation.arms}
         if unknown:
@@ -207,8 +295,11 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         run_base(base_config, world, out)
         jobs = [(arm, seed) for arm in arms for seed in seeds]
+        chosen: dict[str, float | None] = {}
         for index, (arm, seed) in enumerate(jobs, 1):
-            config = ablation.train_config(arm, seed, out)
+            if arm.name not in chosen:  # the arm's learning rate, from its dev trials, before its seeds
+                chosen[arm.name] = select_lr(ablation, arm, world, out)["lr"] if ablation.lr_selection else None
+            config = ablation.train_config(arm, seed, out, chosen[arm.name])
             done = out / arm.name / f"seed_{seed}" / "eval.json"
             elapsed = (time.perf_counter() - start) / 60
             if _finished(done, config):

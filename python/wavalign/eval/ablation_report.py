@@ -63,6 +63,9 @@ def aggregate(ablation: AblationConfig, out: Path, resamples: int = 2000) -> dic
         entry = {"description": arm.description, "paper": arm.paper, "mode": arm.mode,
                  "overrides": list(arm.overrides), "seeds": [s for s, _, _ in runs],
                  "train_seconds": sum(t for _, _, t in runs) / len(runs), "metrics": {}}
+        selection = out / "lr_selection" / arm.name / "selection.json"
+        if selection.is_file():
+            entry["lr_selection"] = json.loads(selection.read_text())
         for metric in TABLE_METRICS:
             matrix = [[r[metric] for r in records] for _, records, _ in runs]  # [seeds, prompts]
             baseline = [r[metric] for r in base]
@@ -112,6 +115,15 @@ def format_tables(summary: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {per_seed} | {entry['train_seconds']:.0f} |")
     lines += ["", "↑ / ↓: the 95% CI of the change excludes 0 (better / worse than base; lower WER is better).",
               "n/a reward: the arm trains and is scored with other reward functions than the base policy."]
+    selected = {name: e["lr_selection"] for name, e in summary["arms"].items() if "lr_selection" in e}
+    if selected:
+        first = next(iter(selected.values()))
+        lines += ["", f"Learning rates, chosen per arm on the {first['split']} split by {first['metric']} "
+                      f"({first['steps']} steps, seed {first['seed']}; the test split not looked at):", "",
+                  "| arm | chosen | trials (lr -> dev score) |", "|---|---|---|"]
+        for name, choice in selected.items():
+            trials = ", ".join(f"{lr} -> {v:.3f}" for lr, v in choice["trials"].items())
+            lines.append(f"| {name} | {choice['lr']:g} | {trials} |")
     reference = summary.get("reference")
     if reference:
         lines += ["", f"Difference from {reference} (seed k against seed k, paired by prompt):", "",

@@ -1,8 +1,9 @@
 """`python -m wavalign.train [MODE]` — post-train a spoken dialogue model.
 
-With no arguments: the embedded default. It builds (once, ~3 min, then cached) or reuses the
+With no arguments: the embedded default. It builds (once, ~2 min, then cached) or reuses the
 built-in world, evaluates its base policy on the test split, trains it in hybrid (WavAlign)
-mode on CPU, evaluates again and prints a before/after table.
+mode on CPU, trains the SFT-only baseline on the same gold (eval.baseline: sft) and prints one
+table: base | SFT only | WavAlign, with paired CIs of WavAlign - SFT only.
 
     python -m wavalign.train                                   # embedded default
     python -m wavalign.train grpo --set objective.rl_scope=all # full-token GRPO
@@ -20,6 +21,7 @@ import math
 import sys
 from pathlib import Path
 
+from wavalign.train.baseline import MODE_LABELS
 from wavalign.train.config import MODES, ConfigError, TrainConfig
 
 
@@ -90,9 +92,17 @@ def format_table(evaluations: dict) -> str:
     return "\n".join(lines)
 
 
+# `python -m wavalign.train` with no arguments: the embedded default (configs/train/world.yaml)
+# also trains the SFT-only baseline and prints the three-column comparison.
+EMBEDDED_DEFAULT_OVERRIDES = ["eval.baseline=sft"]
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if not argv:
+        args.overrides = list(EMBEDDED_DEFAULT_OVERRIDES)
     try:
         config, run_dir = resolve_config(args)
     except (ConfigError, FileNotFoundError) as error:
@@ -122,15 +132,61 @@ def main(argv=None) -> int:
         trainer.close()
     if summary.get("interrupted"):
         return 130
+    comparison = None
+    if config.eval.baseline == "sft" and config.mode != "sft":
+        code, comparison = train_baseline(config, Path(summary["run_dir"]), trainer.is_main)
+        if code:
+            return code
     if trainer.is_main:
+        # with the SFT-only baseline, its three-column comparison replaces the before/after table
+        table = comparison or format_table(summary["evaluations"])
         print()
-        print(format_table(summary["evaluations"]))
+        if comparison:
+            print(f"{MODE_LABELS[config.mode]} and the SFT-only baseline on the same gold ({config.optim.steps} "
+                  f"steps each; the baseline in {summary['run_dir']}/sft_only), paired over prompts:\n")
+        print(table)
         counters = summary["counters"]
         print(f"\njudge calls without a score: {counters['judge_failures']} of {counters['samples_scored']}; "
               f"skipped non-finite steps: {counters['skipped_nonfinite_steps']}")
         print(f"run directory: {summary['run_dir']} (metrics.jsonl, plots/, tensorboard/, checkpoints/)")
-        (Path(summary["run_dir"]) / "table.md").write_text(format_table(summary["evaluations"]) + "\n")
+        (Path(summary["run_dir"]) / "table.md").write_text(table + "\n")
     return 0
+
+
+def train_baseline(config: TrainConfig, run_dir: Path, is_main: bool) -> tuple[int, str | None]:
+    """Train (or reuse, or resume) the SFT-only baseline inside run_dir (eval.baseline: sft).
+    -> (exit code, the comparison table or None)."""
+    from wavalign.train.baseline import BASELINE_DIR, baseline_config, comparison_table, read_records
+    from wavalign.train.trainer import Trainer
+
+    baseline = baseline_config(config, run_dir)
+    out = run_dir / BASELINE_DIR
+    if not (out / "eval" / "after.jsonl").is_file():
+        resume = (out / "checkpoints").is_dir()
+        if is_main:
+            print(f"[train] the SFT-only baseline: mode sft, {config.optim.steps} steps on the gold-bearing records, "
+                  f"run directory {out}{' (resumed)' if resume else ''}", flush=True)
+        try:
+            trainer = Trainer(baseline, resume=resume, run_dir=out if resume else None)
+        except (FileNotFoundError, ValueError, NotImplementedError) as error:
+            print(f"wavalign.train: the SFT-only baseline: {error}", file=sys.stderr)
+            return 2, None
+        try:
+            summary = trainer.fit()
+        finally:
+            trainer.close()
+        if summary.get("interrupted"):
+            return 130, None
+    if not is_main:
+        return 0, None
+    try:
+        table = comparison_table(read_records(run_dir / "eval" / "before.jsonl"),
+                                 read_records(out / "eval" / "after.jsonl"),
+                                 read_records(run_dir / "eval" / "after.jsonl"), MODE_LABELS[config.mode])
+    except (FileNotFoundError, ValueError) as error:  # e.g. eval.before: false
+        logging.getLogger("wavalign.train").warning("no comparison with the SFT-only baseline: %s", error)
+        return 0, None
+    return 0, table
 
 
 if __name__ == "__main__":

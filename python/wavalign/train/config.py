@@ -408,9 +408,14 @@ class EvalConfig:
     before: bool = True  # evaluate the base policy before training
     after: bool = True
     every: int = 0  # also evaluate every N steps (0 = never), logged as eval/*
+    # "sft": after training, also train the SFT-only baseline on the same gold (same steps,
+    # prompts per step and learning rate, from the same base policy) and print base | SFT only |
+    # trained with paired CIs of trained - SFT only (the CLI; the embedded default does this)
+    baseline: str | None = None
 
     def validate(self) -> None:
         _one_of(self.split, ("train", "dev", "test"), "eval.split")
+        _one_of(self.baseline, (None, "sft"), "eval.baseline")
         if self.limit is not None:
             _positive(self.limit, "eval.limit", integer=True)
         _positive(self.temperature, "eval.temperature", allow_zero=True)

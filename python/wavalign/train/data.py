@@ -343,8 +343,9 @@ def load_hf_examples(path: str | Path, split: str, convert: RecordConverter, *, 
 
 
 def world_examples(records: list[dict]) -> list[TrainExample]:
-    """The built-in world's records (already tokenised) -> TrainExample."""
-    return [TrainExample(r["id"], list(r["prompt_ids"]), list(r["response_ids"]), None,
+    """The built-in world's records (already tokenised) -> TrainExample (prompt-only records,
+    WorldConfig.gold_fraction < 1, have no response_ids)."""
+    return [TrainExample(r["id"], list(r["prompt_ids"]), list(r["response_ids"]) if "response_ids" in r else None, None,
                          {k: v for k, v in r.items() if k not in WAVALIGN_KEYS}, r.get("prompt_text"))
             for r in records]
 

@@ -76,6 +76,15 @@ class Trainer:
         adapter = self.loaded.adapter
         self.train_examples, self.eval_examples, self.skipped_lines = load_examples(
             config, self.world, self.format, self.spec.vocab_size, codec)
+        if config.mode == "sft":  # SFT learns from gold only: prompt-only records have nothing to teach it
+            with_gold = [e for e in self.train_examples if e.response_ids is not None]
+            if not with_gold:
+                raise ValueError("sft mode needs gold responses (response_* / sft_target_* fields); no training "
+                                 "record has one")
+            if len(with_gold) < len(self.train_examples):
+                log.info("sft: %d of %d training records carry a gold response; the others are skipped",
+                         len(with_gold), len(self.train_examples))
+            self.train_examples = with_gold
         self.reward_fn = None if config.mode == "sft" else build_reward(config.rewards, self.world, 0, codec=codec)
         eval_reward = (build_reward(config.rewards, self.world, EVAL_JUDGE_SEED_OFFSET, codec=codec)
                        if config.mode != "sft" or self.world is not None else None)
@@ -291,7 +300,12 @@ class Trainer:
         with fsdp.full_parameters(self.loaded.logprob_module):
             if self.is_main:
                 if self.evaluator.examples:
-                    result = mean_summary(self.evaluator.run(self.policy))
+                    records = self.evaluator.run(self.policy)
+                    result = mean_summary(records)
+                    # per-prompt records, for paired comparisons with another run (the CLI's baseline)
+                    (self.run_dir / "eval").mkdir(exist_ok=True)
+                    ckpt.write_text_atomic(self.run_dir / "eval" / f"{label}.jsonl",
+                                           "".join(json.dumps(_nan_to_none(r)) + "\n" for r in records))
                 else:
                     log.warning("no evaluation examples (set data.eval_path for JSONL data, data.eval_split for "
                                 "hf_dataset data); evaluation skipped")
@@ -424,6 +438,11 @@ class Trainer:
     def close(self) -> None:
         self.lock.release()
         distributed.destroy()
+
+
+def _nan_to_none(record: dict) -> dict:
+    """NaN (no score) -> null, so the JSONL is standard JSON."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()}
 
 
 def _spec_yaml(spec) -> str:

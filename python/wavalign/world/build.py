@@ -16,7 +16,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from wavalign.modality import Schedule
-from wavalign.world import audio, tasks
+from wavalign.world import audio, supervision, tasks
 from wavalign.world.config import WorldConfig, world_dir
 from wavalign.world.espeak import synthesize
 from wavalign.world.metrics import spearman
@@ -58,10 +58,15 @@ def _build_into(out: Path, config: WorldConfig, progress: bool) -> None:
     torch.manual_seed(config.seed)
     bar = lambda items, desc: tqdm(items, desc=desc, disable=not progress, leave=False)  # noqa: E731
 
-    # 1. tasks and gold audio ----------------------------------------------------------
+    # 1. tasks, who supervises what, and the audio -------------------------------------
     examples = tasks.make_splits(config.seed, config.dev_fraction, config.test_fraction,
                                  max_questions=config.max_questions, rare_styles=config.rare_styles)
     _say(f"{len(examples)} examples, {len(tasks.STYLES)} styles", progress)
+    train = [e for e in examples if e.split == "train"]
+    gold_questions = supervision.choose_questions(examples, config.gold_fraction, config.seed, "gold")
+    base_questions = supervision.choose_questions(examples, config.base_questions, config.seed, "base")
+    errors = supervision.weak_teacher([e for e in train if e.question in gold_questions], config.gold_errors,
+                                      config.seed, examples)
     sentences = sorted({e.response for e in examples})
     jobs = ([(e.response, tasks.example_voice(e.style, e.id)) for e in examples]
             + [(e.prompt_text, tasks.STYLES[PROMPT_VOICE]) for e in examples]
@@ -71,9 +76,22 @@ def _build_into(out: Path, config: WorldConfig, progress: bool) -> None:
     response_frames = {e.id: frames[i] for i, e in enumerate(examples)}
     prompt_frames = {e.id: frames[n + i] for i, e in enumerate(examples)}
     template_frames = frames[2 * n:]
+    # The weak teacher's responses (and the templates of sentences only it says) are
+    # synthesised apart, so the clean audio above does not depend on gold_errors.
+    by_id = {e.id: e for e in examples}
+    error_ids = sorted(errors)
+    extra_sentences = sorted({errors[i].response for i in error_ids} - set(sentences))
+    if error_ids:
+        extra = synthesize_frames([(errors[i].response, tasks.example_voice(errors[i].style, i)) for i in error_ids]
+                                  + [(s, voice) for s in extra_sentences for voice in tasks.STYLES.values()],
+                                  progress=progress)
+        error_frames = dict(zip(error_ids, extra[:len(error_ids)]))
+        template_frames = template_frames + extra[len(error_ids):]
+        sentences = sentences + extra_sentences
+    else:
+        error_frames = {}
 
     # 2. speech units ------------------------------------------------------------------
-    train = [e for e in examples if e.split == "train"]
     _say(f"learning {config.n_units} speech units (k-means)", progress)
     units = UnitTokenizer.fit([response_frames[e.id] for e in train] + [prompt_frames[e.id] for e in train],
                               config.n_units, seed=config.seed)
@@ -98,13 +116,23 @@ def _build_into(out: Path, config: WorldConfig, progress: bool) -> None:
 
     tokenizer, spec = world_tokenizer(config, examples)
     fmt = ChatFormat(tokenizer, spec)
-    records = []
+    records, clean_ids = [], {}
     for e in examples:
         record = e.to_dict()
-        record["response_text"] = record.pop("response")
-        record.update(prompt_units=prompt_units[e.id], response_units=response_units[e.id],
-                      prompt_ids=fmt.prompt_ids(e.prompt_text),
-                      response_ids=fmt.response_ids(e.response, response_units[e.id]))
+        del record["response"]
+        record.update(prompt_units=prompt_units[e.id], prompt_ids=fmt.prompt_ids(e.prompt_text))
+        clean_ids[e.id] = fmt.response_ids(e.response, response_units[e.id])
+        if e.split != "train" or (e.question in gold_questions and e.id not in errors):
+            record.update(response_text=e.response, response_units=response_units[e.id],
+                          response_ids=clean_ids[e.id], supervision="gold")
+        elif e.question in gold_questions:  # a weak teacher's response
+            error = errors[e.id]
+            units_of_error = units.encode_frames(error_frames[e.id]).tolist()
+            record.update(response_text=error.response, response_units=units_of_error,
+                          response_ids=fmt.response_ids(error.response, units_of_error),
+                          supervision=f"wrong_{error.kind}")
+        else:
+            record["supervision"] = "prompt_only"
         records.append(record)
     (out / "data").mkdir()
     for split in ("train", "dev", "test"):
@@ -117,7 +145,9 @@ def _build_into(out: Path, config: WorldConfig, progress: bool) -> None:
                         config.intermediate_size, tokenizer, config.seed)
     n_params = sum(p.numel() for p in model.parameters())
     _say(f"SFT of a {n_params / 1e6:.2f}M-parameter Llama policy, {config.sft_steps} steps", progress)
-    sft_data = [SFTExample(r["prompt_ids"], r["response_ids"]) for r in records if r["split"] == "train"]
+    # The base policy's own SFT: clean gold of the base questions' train records.
+    sft_data = [SFTExample(r["prompt_ids"], clean_ids[r["id"]]) for r in records
+                if r["split"] == "train" and by_id[r["id"]].question in base_questions]
     losses = sft(model, sft_data, steps=config.sft_steps, batch_size=config.sft_batch_size, lr=config.sft_lr,
                  seed=config.seed, pad_id=tokenizer.pad_token_id, progress=progress)
     policy_dir = out / "policy"
@@ -136,7 +166,13 @@ def _build_into(out: Path, config: WorldConfig, progress: bool) -> None:
     policy = world.load_policy()
     greedy, _ = world.evaluate(policy, "test", temperature=0.0)
     sampled, _ = world.evaluate(policy, "test", temperature=1.0, seed=config.seed)
-    report = {"build_seconds": None, "sft_loss_first": losses[0], "sft_loss_last": sum(losses[-10:]) / 10,
+    counts = {kind: sum(r["supervision"] == kind for r in records if r["split"] == "train")
+              for kind in ("gold", "wrong_answer", "wrong_style", "prompt_only")}
+    train_questions = {e.question for e in train}
+    report = {"build_seconds": None,
+              "supervision": {"train_records": len(train), **counts, "train_questions": len(train_questions),
+                              "gold_questions": len(gold_questions), "base_questions": len(base_questions),
+                              "base_sft_records": len(sft_data)}, "sft_loss_first": losses[0], "sft_loss_last": sum(losses[-10:]) / 10,
               "roundtrip_test": roundtrip_accuracy(world), "gold_test": world.evaluate_gold("test"), "base_test_greedy": greedy,
               "base_test_sampled_t1": sampled, "judge_spearman_dev": judge_reliability(world, policy, config.seed)}
     report["build_seconds"] = round(time.perf_counter() - started, 1)

@@ -11,7 +11,7 @@ from pathlib import Path
 from wavalign.yaml_config import load_mapping
 
 # Bump when code changes what a build produces, so old caches are not reused.
-WORLD_FORMAT = 1
+WORLD_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,17 @@ class WorldConfig:
     n_units: int = 256  # speech unit vocabulary (k-means clusters)
     text_vocab_size: int = 250
     schedule: dict = field(default_factory=lambda: {"kind": "sequential"})
+    # supervision (world/supervision.py): gold_fraction = share of train questions whose records
+    # carry a gold response (the others are prompt-only); gold_errors = share of those gold
+    # questions answered by a weaker teacher (a wrong answer or a wrong style); base_questions =
+    # share of train questions whose clean gold the base policy's own SFT saw. Defaults chosen by
+    # measurement (REPORT.md, "positive control"): with all gold (1.0 / 0.0) continued SFT gets
+    # the reward's maximiser for free and no RL arm can beat it; with a quarter of the questions
+    # supervised and a fifth of those by a weak teacher, text RL + anchor with the exact reward
+    # beats SFT-only on the same gold on every seed.
+    gold_fraction: float = 0.25
+    gold_errors: float = 0.2
+    base_questions: float = 1.0
     # policy (tiny Llama) and its SFT
     hidden_size: int = 128
     num_layers: int = 4
@@ -63,6 +74,13 @@ class WorldConfig:
         for name in ("sft_steps", "sft_batch_size", "num_layers", "text_vocab_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("gold_fraction", "base_questions"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+        if isinstance(self.gold_errors, bool) or not isinstance(self.gold_errors, (int, float)) \
+                or not 0 <= self.gold_errors < 1:
+            raise ValueError(f"gold_errors must be a number in [0, 1), got {self.gold_errors!r}")
         for name in ("semantic_judge", "acoustic_judge"):
             value = getattr(self, name)
             if isinstance(value, dict):
@@ -70,10 +88,11 @@ class WorldConfig:
 
     @classmethod
     def fast(cls, **overrides) -> "WorldConfig":
-        """A world that builds in seconds, for tests: 24 questions, 128 units, a smaller policy."""
+        """A world that builds in seconds, for tests: 24 questions, 128 units, a smaller policy,
+        every train record with clean gold (tests of the supervision knobs set them)."""
         base = dict(max_questions=24, dev_fraction=0.15, test_fraction=0.2, n_units=128, text_vocab_size=200,
                     hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, sft_steps=30,
-                    sft_batch_size=16, rare_styles={})
+                    sft_batch_size=16, rare_styles={}, gold_fraction=1.0, gold_errors=0.0)
         return cls(**{**base, **overrides})
 
     def to_dict(self) -> dict:

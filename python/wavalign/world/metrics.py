@@ -15,6 +15,7 @@ import math
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -33,6 +34,24 @@ MIN_SPEECH_SAMPLES = (MIN_SPEECH_UNITS - 1) * HOP  # the length MIN_SPEECH_UNITS
 def _listen_workers() -> int:
     """Threads for assess_many: one per core, at most 4 (a response takes a few ms)."""
     return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+@contextmanager
+def _one_torch_thread():
+    """Listening runs with one torch intra-op thread, always: the small FFTs do not gain from
+    more, two pools (ours and torch's) on two cores slow each other down (measured:
+    benchmarks/RESULTS.md, "Training step"), and the thread count changes FFT rounding, so a
+    fixed count keeps a response's assessment independent of batching and of the machine's
+    core count. Restored afterwards; nested uses are no-ops."""
+    previous = torch.get_num_threads()
+    if previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def normalize(text: str) -> list[str]:
@@ -96,19 +115,24 @@ class WorldScorer:
         keys = [(text, tuple(int(u) for u in units), answer, style) for text, units, answer, style in items]
         missing = list(dict.fromkeys(key for key in keys if key not in self._cache))
         if len(missing) > 1:
-            def frames_of(units):
-                return analyze(self.wave(units)) if len(units) >= MIN_SPEECH_UNITS else None
-
-            with ThreadPoolExecutor(max_workers=min(len(missing), _listen_workers())) as pool:
-                frames = list(pool.map(frames_of, (key[1] for key in missing)))
-            speaking = [i for i, f in enumerate(frames) if f is not None]
-            heard = self.recognizer.recognize_many([frames[i] for i in speaking],
-                                                   [" ".join(normalize(missing[i][0])) for i in speaking])
-            transcripts = dict(zip(speaking, (r.text for r in heard)))
-            for i, (text, _, answer, style) in enumerate(missing):
-                assessment = self._judge(text, frames[i], transcripts.get(i), answer, style)
-                self._cached(missing[i], lambda assessment=assessment: assessment)
+            with _one_torch_thread():
+                self._listen_many(missing)
         return [self.assess(text, units, answer, style) for text, units, answer, style in keys]
+
+    def _listen_many(self, missing: list[tuple]) -> None:
+        """Listen to (text, units, answer, style) keys not in the cache, and cache them."""
+        def frames_of(units):
+            return analyze(self.wave(units)) if len(units) >= MIN_SPEECH_UNITS else None
+
+        with ThreadPoolExecutor(max_workers=min(len(missing), _listen_workers())) as pool:
+            frames = list(pool.map(frames_of, (key[1] for key in missing)))
+        speaking = [i for i, f in enumerate(frames) if f is not None]
+        heard = self.recognizer.recognize_many([frames[i] for i in speaking],
+                                               [" ".join(normalize(missing[i][0])) for i in speaking])
+        transcripts = dict(zip(speaking, (r.text for r in heard)))
+        for i, (text, _, answer, style) in enumerate(missing):
+            assessment = self._judge(text, frames[i], transcripts.get(i), answer, style)
+            self._cached(missing[i], lambda assessment=assessment: assessment)
 
     def _listen_units(self, text: str, units: tuple, answer: str, style: str) -> Assessment:
         return self._listen(text, self.wave(units) if len(units) >= MIN_SPEECH_UNITS else None, answer, style)
@@ -126,7 +150,8 @@ class WorldScorer:
         if key not in self._cache:
             if len(self._cache) >= self._cache_size:
                 self._cache.clear()
-            self._cache[key] = listen()
+            with _one_torch_thread():  # as assess_many listens, so results never depend on batching
+                self._cache[key] = listen()
         return self._cache[key]
 
     def _listen(self, text: str, wave: torch.Tensor | None, answer: str, style: str) -> Assessment:
