@@ -67,7 +67,10 @@ def test_train_presets_load(preset):
     config = TrainConfig.load(path)
     assert config.mode == "hybrid" and config.objective.rl_scope == "text"
     if preset == "world":
-        assert config == TrainConfig()  # the preset spells out the embedded default
+        from wavalign.train.__main__ import EMBEDDED_DEFAULT_OVERRIDES
+
+        # the preset spells out the embedded default: the defaults plus the SFT-only baseline
+        assert config == TrainConfig.load(None, EMBEDDED_DEFAULT_OVERRIDES) and config.eval.baseline == "sft"
     else:
         assert config.data.source == "jsonl" and config.rewards.components[0].kind == "http_judge"
 

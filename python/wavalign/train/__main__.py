@@ -15,7 +15,6 @@ table: base | SFT only | WavAlign, with paired CIs of WavAlign - SFT only.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys

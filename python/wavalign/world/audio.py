@@ -9,7 +9,6 @@ so pitch and voicing, which carry the speaking style, survive the round trip.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

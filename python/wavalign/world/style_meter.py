@@ -9,7 +9,6 @@ through the unit tokenizer; the style score of EQ is 1 + 4 * P(requested style).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
