@@ -72,7 +72,7 @@ def resolve_config(args) -> tuple[TrainConfig, Path | None]:
 
 
 def format_table(evaluations: dict) -> str:
-    from wavalign.train.evaluator import metric_digits, metric_label
+    from wavalign.train.evaluator import metric_digits, table_label
 
     before, after = evaluations.get("before", {}), evaluations.get("after", {})
     names = ["IQ", "EQ", "WER", "reward"] + sorted({k for k in list(before) + list(after) if k.startswith("reward/")})
@@ -80,7 +80,7 @@ def format_table(evaluations: dict) -> str:
     for key in names:
         if key not in before and key not in after:
             continue
-        label = f"  {key.split('/', 1)[1]}" if key.startswith("reward/") else metric_label(key)
+        label = table_label(key)
         fmt = "{:.%df}" % metric_digits(key)
         b, a = before.get(key, math.nan), after.get(key, math.nan)
         b = math.nan if b is None else b

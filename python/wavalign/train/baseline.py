@@ -13,7 +13,9 @@ import json
 import math
 from pathlib import Path
 
-from wavalign.stats import mean_ci, paired_difference_ci
+import numpy as np
+
+from wavalign.stats import paired_difference_ci
 from wavalign.train.config import TrainConfig, apply_override
 
 BASELINE_DIR = "sft_only"
@@ -38,7 +40,7 @@ def read_records(path: Path) -> list[dict]:
 def comparison_table(base: list[dict], sft_only: list[dict], trained: list[dict], label: str,
                      *, resamples: int = 2000) -> str:
     """Markdown: metric | base | SFT only | <label> | <label> - SFT only [95% CI, paired over prompts]."""
-    from wavalign.train.evaluator import metric_digits, metric_label
+    from wavalign.train.evaluator import metric_digits, table_label
 
     for name, records in (("SFT only", sft_only), (label, trained)):
         if [r["id"] for r in records] != [r["id"] for r in base]:
@@ -52,16 +54,17 @@ def comparison_table(base: list[dict], sft_only: list[dict], trained: list[dict]
         column = {name: [math.nan if r.get(key) is None else float(r[key]) for r in records]
                   for name, records in (("base", base), ("sft", sft_only), ("trained", trained))}
         digits = metric_digits(key)
-        means = [mean_ci(column[name], resamples=resamples).mean for name in ("base", "sft", "trained")]
+        means = [_nanmean(column[name]) for name in ("base", "sft", "trained")]
         difference = paired_difference_ci(column["sft"], column["trained"], resamples=resamples)
-        shown = label_of(key, metric_label)
-        lines.append(f"| {shown} | " + " | ".join(f"{m:.{digits}f}" for m in means)
+        lines.append(f"| {table_label(key)} | " + " | ".join(f"{m:.{digits}f}" for m in means)
                      + f" | {difference.format(digits, signed=True)}{_verdict(difference)} |")
     return "\n".join(lines)
 
 
-def label_of(key: str, metric_label) -> str:
-    return f"  {key.split('/', 1)[1]}" if key.startswith("reward/") else metric_label(key)
+def _nanmean(values: list[float]) -> float:
+    """Mean of the scored prompts (NaN: no score), NaN when none is."""
+    valid = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
+    return float(valid.mean()) if valid.size else math.nan
 
 
 def _verdict(interval) -> str:

@@ -46,6 +46,11 @@ def metric_label(name: str) -> str:
     return f"  judge: {name.split('/', 1)[1]}" if name.startswith("reward/") else name
 
 
+def table_label(name: str) -> str:
+    """Row label in the training CLI's tables: a judge component indented under the reward."""
+    return f"  {name.split('/', 1)[1]}" if name.startswith("reward/") else metric_label(name)
+
+
 def metric_digits(name: str) -> int:
     return METRIC_LABELS[name][1] if name in METRIC_LABELS else 2
 
