@@ -95,6 +95,12 @@ def test_ablation_config_errors_name_the_problem(tmp_path):
         AblationConfig.load(_ablation_yaml(tmp_path, "arms: [{name: x, mode: hybrid, set: [gate.mode=nope]}]\n"))
     with pytest.raises(ConfigError, match="unique"):
         AblationConfig.load(_ablation_yaml(tmp_path, "arms: [{name: x, mode: sft}, {name: x, mode: sft}]\n"))
+    with pytest.raises(ConfigError, match=r"comparisons\[0\].against 'y' is not one of the arms"):
+        AblationConfig.load(_ablation_yaml(tmp_path, "arms: [{name: x, mode: sft}]\ncomparisons: [{arm: x, against: y}]\n"))
+    with pytest.raises(ConfigError, match="with itself"):
+        AblationConfig.load(_ablation_yaml(tmp_path, "arms: [{name: x, mode: sft}]\ncomparisons: [{arm: x, against: x}]\n"))
+    with pytest.raises(ConfigError, match=r"comparisons\[0\] takes arm, against"):
+        AblationConfig.load(_ablation_yaml(tmp_path, "arms: [{name: x, mode: sft}]\ncomparisons: [{arm: x}]\n"))
 
 
 def test_shipped_ablation_profiles_load_with_the_papers_arms():
@@ -103,6 +109,7 @@ def test_shipped_ablation_profiles_load_with_the_papers_arms():
     for name in ("cpu", "gpu"):
         config = AblationConfig.load(DEFAULT_CONFIG.with_name(f"{name}.yaml"))
         assert len(config.seeds) >= 3
+        assert ("wavalign", "wavalign_no_ema") in {(c.arm, c.against) for c in config.comparisons}
         arms = {a.name: a for a in config.arms}
         assert {"sft", "grpo_all_tokens", "dpo_all_tokens", "text_rl_fixed_mix", "wavalign", "wavalign_no_ema",
                 "wavalign_speech_anchor"} <= set(arms)
@@ -113,11 +120,16 @@ def test_shipped_ablation_profiles_load_with_the_papers_arms():
         assert fixed.gate.mode == "fixed" and fixed.gate.fixed_lambda == 0.7 and fixed.run.seed == 1
         assert config.train_config(arms["wavalign_speech_anchor"], 0, tmp).objective.sft_scope == "speech"
         assert config.train_config(arms["dpo_all_tokens"], 0, tmp).dpo.scope == "all"
+    cpu = AblationConfig.load(DEFAULT_CONFIG)
+    assert {(c.arm, c.against) for c in cpu.comparisons} >= {
+        ("text_rl_fixed_mix", "grpo_all_tokens"), ("wavalign", "text_rl_fixed_mix"), ("wavalign", "wavalign_no_ema"),
+        ("wavalign", "sft"), ("positive_control", "sft")}  # the paper's four directions and the control
 
 
 def test_ablation_runs_aggregates_and_resumes(fast_world, tmp_path):
     config = _ablation_yaml(tmp_path, "arms:\n  - {name: sft, mode: sft}\n"
-                                      "  - {name: wavalign, mode: hybrid, set: [optim.steps=1]}\n")
+                                      "  - {name: wavalign, mode: hybrid, set: [optim.steps=1]}\n"
+                                      "comparisons: [{arm: wavalign, against: sft, claim: RL beats SFT}]\n")
     args = ["-m", "wavalign.eval.ablation", "--config", config, "--out", "out", "--resamples", "200"]
     first = run(args, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -129,7 +141,27 @@ def test_ablation_runs_aggregates_and_resumes(fast_world, tmp_path):
     assert not math.isnan(iq["change"]["mean"])
     table = (out / "table.md").read_text()
     assert "| base policy |" in table and "| wavalign |" in table and "ΔIQ" in table
-    assert {p.name for p in (out / "plots").iterdir()} == {"reward_curves.png", "lambda.png", "iq_eq.png"}
+    assert {p.name for p in (out / "plots").iterdir()} == {"reward_curves.png", "lambda.png", "entropy.png",
+                                                           "iq_eq.png"}
+    # training dynamics from each run's metrics: SFT samples nothing, WavAlign logs λ and both entropies
+    assert results["arms"]["sft"]["dynamics"] == {}
+    dynamics = results["arms"]["wavalign"]["dynamics"]
+    assert set(dynamics) == {"gate/lambda", "rollout/text_entropy", "rollout/speech_entropy"}
+    lambdas = [r["gate/lambda"] for seed in (0, 1) for r in map(json.loads, (out / "wavalign" / f"seed_{seed}"
+               / "metrics.jsonl").read_text().splitlines()) if r.get("kind") == "train"]
+    assert dynamics["gate/lambda"]["mean"] == pytest.approx(sum(lambdas) / len(lambdas))
+    assert 0 < dynamics["rollout/speech_entropy"]["end"] and "Training dynamics" in table
+    # a configured comparison: seed k of one arm against seed k of the other, paired by prompt
+    (comparison,) = results["comparisons"]
+    by_seed = {arm: [[r["IQ"] for r in json.loads((out / arm / f"seed_{s}" / "eval.json").read_text())["records"]]
+                     for s in (0, 1)] for arm in ("sft", "wavalign")}
+    differences = [a - b for s in (0, 1) for a, b in zip(by_seed["wavalign"][s], by_seed["sft"][s])]
+    assert comparison["difference"]["IQ"]["mean"] == pytest.approx(sum(differences) / len(differences))
+    assert "| RL beats SFT | wavalign − sft |" in table
+    # the fast world supervises every question with clean gold: one category, every scored prompt
+    assert set(results["by_supervision"]) == {"gold"} and results["by_supervision"]["gold"]["n"] == 6
+    assert results["by_supervision"]["gold"]["arms"]["wavalign"]["IQ"] == pytest.approx(iq["value"]["mean"])
+    assert "| clean gold (6) |" in table
     weights = (out / "wavalign" / "seed_1" / "eval.json").stat().st_mtime_ns
 
     again = run(args, tmp_path)  # every (arm, seed) is done: nothing is trained again
@@ -181,3 +213,47 @@ def test_ablation_selects_each_arms_learning_rate_on_dev(fast_world, tmp_path):
     assert "Learning rates, chosen per arm on the dev split by IQ" in (out / "table.md").read_text()
     again = run(args, tmp_path)  # trials and runs are reused
     assert again.returncode == 0 and "learning-rate trial" not in again.stdout and "done before, kept" in again.stdout
+
+
+def test_ablation_report_splits_test_prompts_by_their_questions_supervision():
+    from wavalign.eval.ablation_report import _by_supervision, question_supervision
+
+    class World:  # the two splits question_supervision reads
+        def examples(self, split):
+            return {"train": [{"id": "a1", "question": "qa", "supervision": "gold"},
+                              {"id": "b1", "question": "qb", "supervision": "prompt_only"}],
+                    "test": [{"id": "a2", "question": "qa"}, {"id": "b2", "question": "qb"},
+                             {"id": "c2", "question": "never asked in train"}]}[split]
+
+    supervision = question_supervision(World())
+    assert supervision == {"a2": "gold", "b2": "prompt_only"}
+    base = [{"id": "a2", "IQ": 0.0, "EQ": 3.0}, {"id": "b2", "IQ": 100.0, "EQ": 4.0}, {"id": "c2", "IQ": 0.0, "EQ": 1.0}]
+    seed = [{"id": "a2", "IQ": 100.0, "EQ": 5.0}, {"id": "b2", "IQ": 0.0, "EQ": math.nan}, {"id": "c2", "IQ": 0.0, "EQ": 1.0}]
+    table = _by_supervision(base, {"sft": {0: seed, 1: base}}, supervision)
+    assert list(table) == ["gold", "prompt_only"] and table["gold"]["n"] == 1
+    assert table["gold"]["arms"]["sft"] == {"IQ": 50.0, "EQ": 4.0}  # seeds pooled
+    assert table["prompt_only"]["arms"]["sft"]["EQ"] == 4.0  # an unscored EQ is skipped, not counted as 0
+    assert table["prompt_only"]["base"] == {"IQ": 100.0, "EQ": 4.0}
+
+
+def test_training_dynamics_averages_each_runs_first_and_last_tenth(tmp_path):
+    from wavalign.eval.ablation_report import training_dynamics
+
+    def write_run(name, lambdas, entropy):
+        run = tmp_path / name
+        run.mkdir()
+        lines = [{"kind": "train", "step": i + 1, "gate/lambda": lam, "rollout/text_entropy": entropy}
+                 for i, lam in enumerate(lambdas)]
+        lines.insert(3, {"kind": "eval", "step": 3, "gate/lambda": 99.0})  # not a training step
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+        return run
+
+    # seed 0: 20 steps, λ = 0..19 (window 2: start 0.5, end 18.5); seed 1: 10 steps of 1.0 and one NaN
+    runs = [write_run("s0", [float(i) for i in range(20)], 0.5),
+            write_run("s1", [1.0] * 9 + [math.nan] + [1.0], 0.7)]
+    dynamics = training_dynamics(runs)
+    assert set(dynamics) == {"gate/lambda", "rollout/text_entropy"}  # no speech entropy logged
+    assert dynamics["gate/lambda"]["start"] == pytest.approx((0.5 + 1.0) / 2)  # each seed weighs the same
+    assert dynamics["gate/lambda"]["end"] == pytest.approx((18.5 + 1.0) / 2)
+    assert dynamics["gate/lambda"]["mean"] == pytest.approx((9.5 + 1.0) / 2)  # the NaN step is skipped
+    assert dynamics["rollout/text_entropy"]["mean"] == pytest.approx(0.6)

@@ -9,7 +9,7 @@ the same judge noise per prompt). The base policy is scored once. Results go to 
     OUT/<arm>/seed_<s>/eval.json       its per-prompt records
     OUT/results.json, OUT/table.md     means over seeds and prompts with 95% CIs, and the
                                        change from the base policy (paired), per arm
-    OUT/plots/*.png                    reward curves, gate lambda, IQ/EQ per arm
+    OUT/plots/*.png                    reward curves, gate lambda, per-channel entropy, IQ/EQ per arm
 
 A finished (arm, seed) is not trained again when its eval.json exists and was made with the
 same config, so an interrupted ablation continues where it stopped.
@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from wavalign.eval.ablation_report import TABLE_METRICS, aggregate, format_tables, plot  # noqa: F401
+from wavalign.eval.ablation_report import (TABLE_METRICS, aggregate, format_tables, plot,  # noqa: F401
+                                           question_supervision)
 from wavalign.eval.core import mean_summary
 from wavalign.eval.report import jsonable
 from wavalign.train.checkpoint import write_text_atomic
@@ -54,6 +55,15 @@ class Arm:
 
 
 SELECTION_METRICS = ("reward", "IQ", "EQ")  # higher is better
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One of the questions the ablation answers: `arm` − `against`, paired by seed and prompt."""
+
+    arm: str
+    against: str
+    claim: str = ""  # what the paper says the difference shows
 
 
 @dataclass(frozen=True)
@@ -95,12 +105,13 @@ class AblationConfig:
     arms: tuple[Arm, ...] = field(default_factory=tuple)
     reference: str | None = None  # the arm every other arm is also compared with
     lr_selection: LrSelection | None = None  # None: every arm uses the common learning rate
+    comparisons: tuple[Comparison, ...] = ()  # arm-against-arm differences the report shows
 
     @classmethod
     def load(cls, path: str | Path) -> "AblationConfig":
         path = Path(path)
         data = load_mapping(path, "ablation settings", allow_empty=True, kind="ablation config", error=ConfigError)
-        unknown = set(data) - {"name", "seeds", "common", "arms", "reference", "lr_selection"}
+        unknown = set(data) - {"name", "seeds", "common", "arms", "reference", "lr_selection", "comparisons"}
         if unknown:
             raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
         seeds = data.get("seeds", [0, 1, 2])
@@ -131,7 +142,18 @@ class AblationConfig:
             raise ConfigError(f"{path}: reference {reference!r} is not one of the arms {names}")
         selection = data.get("lr_selection")
         selection = None if selection is None else LrSelection.from_dict(selection, str(path))
-        config = cls(str(data.get("name", path.stem)), tuple(seeds), tuple(common), tuple(arms), reference, selection)
+        comparisons = []
+        for index, raw in enumerate(data.get("comparisons") or []):
+            if not isinstance(raw, dict) or set(raw) - {"arm", "against", "claim"} or not {"arm", "against"} <= set(raw):
+                raise ConfigError(f"{path}: comparisons[{index}] takes arm, against and an optional claim")
+            for key in ("arm", "against"):
+                if raw[key] not in names:
+                    raise ConfigError(f"{path}: comparisons[{index}].{key} {raw[key]!r} is not one of the arms {names}")
+            if raw["arm"] == raw["against"]:
+                raise ConfigError(f"{path}: comparisons[{index}] compares {raw['arm']!r} with itself")
+            comparisons.append(Comparison(str(raw["arm"]), str(raw["against"]), str(raw.get("claim", ""))))
+        config = cls(str(data.get("name", path.stem)), tuple(seeds), tuple(common), tuple(arms), reference, selection,
+                     tuple(comparisons))
         for arm in config.arms:  # fail on a bad override before hours of training
             for seed in config.seeds:
                 config.train_config(arm, seed, Path("."))
@@ -141,7 +163,7 @@ class AblationConfig:
 
     def with_overrides(self, overrides: Sequence[str]) -> "AblationConfig":
         return AblationConfig(self.name, self.seeds, self.common + tuple(overrides), self.arms, self.reference,
-                              self.lr_selection)
+                              self.lr_selection, self.comparisons)
 
     def train_config(self, arm: Arm, seed: int, out: Path, lr: float | None = None) -> TrainConfig:
         """The arm's final run for `seed` (at the selected learning rate `lr`, if any)."""
@@ -247,6 +269,15 @@ def run_base(config: TrainConfig, world, out: Path) -> dict:
     return result
 
 
+def _built_world_supervision(config: TrainConfig) -> dict[str, str]:
+    """question_supervision of the config's world when it is built; {} otherwise (--report-only
+    never builds a world: without it the report only lacks the per-supervision table)."""
+    from wavalign.world import World, WorldConfig, world_dir
+
+    path = world_dir(WorldConfig.named(config.data.world))
+    return question_supervision(World(path)) if (path / "world.json").is_file() else {}
+
+
 def _device(config: TrainConfig):
     from wavalign.train.trainer import pick_device
 
@@ -314,7 +345,8 @@ def main(argv=None) -> int:
         print(f"[ablation] all runs finished in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
 
     try:
-        summary = aggregate(ablation, out, resamples=args.resamples)
+        supervision = question_supervision(world) if not args.report_only else _built_world_supervision(base_config)
+        summary = aggregate(ablation, out, resamples=args.resamples, supervision=supervision)
     except (FileNotFoundError, ValueError) as error:
         print(f"wavalign.eval.ablation: {error}", file=sys.stderr)
         return 2

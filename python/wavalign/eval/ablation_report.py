@@ -22,6 +22,21 @@ if TYPE_CHECKING:
     from wavalign.eval.ablation import AblationConfig
 
 TABLE_METRICS = ("IQ", "EQ", "WER", "reward")
+# training-time series summarised per arm (start and end of training, mean over seeds)
+DYNAMICS = {"gate/lambda": "λ (RL weight)", "rollout/text_entropy": "text entropy",
+            "rollout/speech_entropy": "speech entropy"}
+DYNAMICS_WINDOW = 0.1  # start / end: the mean of the first / last 10% of logged steps
+# what the post-training data says about a test prompt's question (the train records'
+# `supervision` column, one value per question), in the order the table shows them
+SUPERVISION = {"gold": "clean gold", "wrong_answer": "weak teacher, wrong answer",
+               "wrong_style": "weak teacher, wrong style", "prompt_only": "no gold (prompt only)"}
+
+
+def question_supervision(world) -> dict[str, str]:
+    """{test prompt id: its question's supervision in the train split}; {} for a world whose
+    records carry no supervision column (or a test question never asked in train)."""
+    by_question = {r["question"]: r["supervision"] for r in world.examples("train") if "supervision" in r}
+    return {r["id"]: by_question[r["question"]] for r in world.examples("test") if r.get("question") in by_question}
 _MARKS = {"better": " ↑", "worse": " ↓"}
 
 
@@ -30,8 +45,11 @@ def _mark(change: Interval, metric: str) -> str:
     return _MARKS.get(verdict(change.low, change.high, METRICS[metric]), "")
 
 
-def aggregate(ablation: AblationConfig, out: Path, resamples: int = 2000) -> dict:
-    """Means over seeds and prompts with two-level bootstrap CIs, and paired changes from base."""
+def aggregate(ablation: AblationConfig, out: Path, resamples: int = 2000,
+              supervision: dict[str, str] | None = None) -> dict:
+    """Means over seeds and prompts with two-level bootstrap CIs, and paired changes from base.
+    supervision ({test prompt id: category}, from question_supervision): also the mean IQ and
+    EQ per category, to show which questions an arm gains or loses on."""
     base_path = out / "base" / "eval.json"
     if not base_path.is_file():
         raise FileNotFoundError(f"{base_path} is missing: run the ablation first")
@@ -63,6 +81,7 @@ def aggregate(ablation: AblationConfig, out: Path, resamples: int = 2000) -> dic
         entry = {"description": arm.description, "paper": arm.paper, "mode": arm.mode,
                  "overrides": list(arm.overrides), "seeds": [s for s, _, _ in runs],
                  "train_seconds": sum(t for _, _, t in runs) / len(runs), "metrics": {}}
+        entry["dynamics"] = training_dynamics([out / arm.name / f"seed_{s}" for s, _, _ in runs])
         selection = out / "lr_selection" / arm.name / "selection.json"
         if selection.is_file():
             entry["lr_selection"] = json.loads(selection.read_text())
@@ -77,18 +96,104 @@ def aggregate(ablation: AblationConfig, out: Path, resamples: int = 2000) -> dic
                 "per_seed": per_seed}
         summary["arms"][arm.name] = entry
         summary["seeds"] = sorted(set(summary["seeds"]) | set(entry["seeds"]))
+    if supervision:
+        summary["by_supervision"] = _by_supervision(base, matrices, supervision)
     reference = ablation.reference
     if reference in matrices:
         summary["reference"] = reference
         for name, by_seed in matrices.items():
             if name == reference:
                 continue
-            seeds = sorted(set(by_seed) & set(matrices[reference]))  # seed k of one arm against seed k
-            summary["arms"][name]["versus_reference"] = {
-                metric: seeded_mean_ci([[x[metric] - y[metric] for x, y in zip(by_seed[s], matrices[reference][s])]
-                                        for s in seeds], resamples=resamples)
-                for metric in TABLE_METRICS} if seeds else {}
+            summary["arms"][name]["versus_reference"] = _paired(by_seed, matrices[reference], resamples)
+    summary["comparisons"] = [  # {} difference: one of the two arms has not run (the table says so)
+        {"arm": c.arm, "against": c.against, "claim": c.claim,
+         "difference": _paired(matrices[c.arm], matrices[c.against], resamples)
+         if c.arm in matrices and c.against in matrices else {}}
+        for c in ablation.comparisons]
     return summary
+
+
+def _paired(arm: dict[int, list[dict]], against: dict[int, list[dict]], resamples: int) -> dict:
+    """{metric: CI of arm − against}, seed k of one arm against seed k of the other, paired by
+    prompt; {} when they share no seed."""
+    seeds = sorted(set(arm) & set(against))
+    if not seeds:
+        return {}
+    return {metric: seeded_mean_ci([[x[metric] - y[metric] for x, y in zip(arm[s], against[s])] for s in seeds],
+                                   resamples=resamples)
+            for metric in TABLE_METRICS}
+
+
+def _by_supervision(base: list[dict], matrices: dict[str, dict[int, list[dict]]],
+                    supervision: dict[str, str]) -> dict:
+    """{category: {"n": prompts, "base": {metric: mean}, "arms": {arm: {metric: mean over seeds and prompts}}}}."""
+    def mean(values: list[float]) -> float:
+        finite = [v for v in values if not math.isnan(v)]
+        return sum(finite) / len(finite) if finite else math.nan
+
+    table = {}
+    categories = list(SUPERVISION) + sorted(set(supervision.values()) - set(SUPERVISION))  # unknown ones last
+    for category in categories:
+        rows = [i for i, r in enumerate(base) if supervision.get(r["id"]) == category]
+        if not rows:
+            continue
+        table[category] = {
+            "n": len(rows), "base": {m: mean([base[i][m] for i in rows]) for m in ("IQ", "EQ")},
+            "arms": {name: {m: mean([records[i][m] for records in by_seed.values() for i in rows])
+                            for m in ("IQ", "EQ")} for name, by_seed in matrices.items()}}
+    return table
+
+
+def _format_by_supervision(summary: dict) -> list[str]:
+    table = summary.get("by_supervision")
+    if not table:
+        return []
+    arms = list(summary["arms"])
+    lines = ["", "IQ by what the train data says about the test prompt's question (mean over seeds and "
+                 "prompts; EQ in brackets):", "",
+             "| test prompts (n) | base | " + " | ".join(arms) + " |", "|---" * (len(arms) + 2) + "|"]
+    for category, row in table.items():
+        cells = [f"{row['base']['IQ']:.1f} ({row['base']['EQ']:.2f})"]
+        cells += [f"{row['arms'][a]['IQ']:.1f} ({row['arms'][a]['EQ']:.2f})" if a in row["arms"] else "—" for a in arms]
+        lines.append(f"| {SUPERVISION.get(category, category)} ({row['n']}) | " + " | ".join(cells) + " |")
+    return lines
+
+
+def training_dynamics(run_dirs: list[Path]) -> dict:
+    """{series: {"mean", "start", "end"}} over each run's training steps, then averaged over the
+    runs (each seed weighs the same); series an arm never logs (SFT samples nothing, so it has no
+    entropies) are left out. GRPO and DPO log λ = 1 (all RL)."""
+    from wavalign.train.run_log import read_metrics
+
+    per_run: dict[str, list[dict]] = {key: [] for key in DYNAMICS}
+    for run_dir in run_dirs:
+        train = [r for r in read_metrics(run_dir) if r.get("kind") == "train"]
+        for key in DYNAMICS:
+            values = [float(r[key]) for r in train if r.get(key) is not None and not math.isnan(float(r[key]))]
+            if not values:
+                continue
+            width = max(1, round(DYNAMICS_WINDOW * len(values)))
+            per_run[key].append({"mean": sum(values) / len(values), "start": sum(values[:width]) / width,
+                                 "end": sum(values[-width:]) / width})
+    return {key: {part: sum(run[part] for run in runs) / len(runs) for part in ("mean", "start", "end")}
+            for key, runs in per_run.items() if runs}
+
+
+def _format_dynamics(summary: dict) -> list[str]:
+    rows = [(name, entry["dynamics"]) for name, entry in summary["arms"].items() if entry.get("dynamics")]
+    if not rows:
+        return []
+    lines = ["", f"Training dynamics (mean over seeds; start / end: the first / last {DYNAMICS_WINDOW:.0%} of "
+                 "steps; entropy: mean -log p of the sampled tokens, nats per token):", "",
+             "| arm | " + " | ".join(f"{label} start -> end" for label in DYNAMICS.values()) + " | mean λ |",
+             "|---" * (len(DYNAMICS) + 2) + "|"]
+    for name, dynamics in rows:
+        cells = [f"{dynamics[key]['start']:.3f} -> {dynamics[key]['end']:.3f}" if key in dynamics else "—"
+                 for key in DYNAMICS]
+        lam = dynamics.get("gate/lambda")
+        mean_lambda = f"{lam['mean']:.3f}" if lam else "—"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean_lambda} |")
+    return lines
 
 
 def format_tables(summary: dict) -> str:
@@ -139,6 +244,18 @@ def format_tables(summary: dict) -> str:
                 cells.append(d.format(digits(m), signed=True) + _mark(d, m))
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines += ["", f"↑ / ↓: better / worse than {reference}, the 95% CI excluding 0."]
+    comparisons = summary.get("comparisons", [])
+    if comparisons:
+        lines += ["", "The questions (arm − against, seed k against seed k, paired by prompt):", "",
+                  "| claim | arm − against | " + " | ".join(f"Δ{m}" for m in TABLE_METRICS) + " |",
+                  "|---" * (len(TABLE_METRICS) + 2) + "|"]
+        for c in comparisons:
+            cells = [c["difference"][m].format(digits(m), signed=True) + _mark(c["difference"][m], m)
+                     if c["difference"] else "not run" for m in TABLE_METRICS]
+            lines.append(f"| {c['claim']} | {c['arm']} − {c['against']} | " + " | ".join(cells) + " |")
+        lines += ["", "↑ / ↓: the arm is better / worse than the one it is compared with, the 95% CI excluding 0."]
+    lines += _format_by_supervision(summary)
+    lines += _format_dynamics(summary)
     return "\n".join(lines)
 
 
@@ -153,9 +270,8 @@ def plot(ablation: AblationConfig, summary: dict, out: Path) -> list[Path]:
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     written = []
-    for key, filename, title in (("reward/mean", "reward_curves.png", "training reward (mean over seeds)"),
-                                 ("gate/lambda", "lambda.png", "gate λ (RL weight), mean over seeds")):
-        figure, axis = plt.subplots(figsize=(7.5, 4))
+    def draw_curves(axis, key: str) -> bool:
+        """One line per arm: the series' mean over seeds, smoothed; -> whether any arm logs it."""
         drawn = False
         for arm in ablation.arms:
             curves = []
@@ -173,10 +289,29 @@ def plot(ablation: AblationConfig, summary: dict, out: Path) -> list[Path]:
                       for i in range(len(mean))]
             axis.plot(steps, smooth, label=arm.name, linewidth=1.3)
             drawn = True
-        if drawn:
+        return drawn
+
+    for key, filename, title in (("reward/mean", "reward_curves.png", "training reward (mean over seeds)"),
+                                 ("gate/lambda", "lambda.png", "gate λ (RL weight), mean over seeds")):
+        figure, axis = plt.subplots(figsize=(7.5, 4))
+        if draw_curves(axis, key):
             written.append(save_step_plot(figure, axis, title, plots / filename))
         else:
             plt.close(figure)
+
+    # per-channel entropy of the sampled tokens: does RL collapse the text or the speech channel?
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4))
+    drawn = [draw_curves(axis, key) for axis, key in zip(axes, ("rollout/text_entropy", "rollout/speech_entropy"))]
+    if any(drawn):
+        for axis, channel in zip(axes, ("text", "speech")):
+            axis.set_title(f"{channel} tokens: entropy (nats/token), mean over seeds")
+            axis.set_xlabel("step")
+            axis.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        figure.tight_layout()
+        figure.savefig(plots / "entropy.png", dpi=100)
+        written.append(plots / "entropy.png")
+    plt.close(figure)
 
     figure, axis = plt.subplots(figsize=(7, 5))
     base = summary["base"]
