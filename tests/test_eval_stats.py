@@ -101,3 +101,10 @@ def test_summary_table_and_json_round_trip():
     restored = records_from_json(saved["records"])
     assert math.isnan(restored[2]["IQ"]) and restored[0]["IQ"] == 100.0
     assert Interval(math.nan, math.nan, math.nan, 0).format() == "n/a"
+
+
+def test_nanmean_skips_unscored_entries_and_never_invents_a_value():
+    from wavalign.stats import nanmean
+
+    assert nanmean([1.0, float("nan"), 3.0]) == 2.0  # not (1 + 0 + 3) / 3
+    assert math.isnan(nanmean([float("nan")])) and math.isnan(nanmean([]))

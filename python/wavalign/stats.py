@@ -63,6 +63,11 @@ def _nanmean_rows(matrix: np.ndarray) -> np.ndarray:
     return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
+def nanmean(values: Sequence[float]) -> float:
+    """Mean of the entries with NaN (no score) skipped; NaN when every entry is NaN (or there are none)."""
+    return float(_nanmean_rows(np.asarray(values, dtype=np.float64).reshape(1, -1))[0])
+
+
 def _bootstrap_mean(values: np.ndarray, resamples: int, confidence: float, seed: int) -> Interval:
     """Mean of a 1-D array without NaN, with a percentile bootstrap interval over its entries."""
     if values.size == 0:

@@ -275,7 +275,10 @@ def _built_world_supervision(config: TrainConfig) -> dict[str, str]:
     from wavalign.world import World, WorldConfig, world_dir
 
     path = world_dir(WorldConfig.named(config.data.world))
-    return question_supervision(World(path)) if (path / "world.json").is_file() else {}
+    if not (path / "world.json").is_file():
+        print(f"[ablation] the world is not built ({path}): the report leaves out IQ by supervision", flush=True)
+        return {}
+    return question_supervision(World(path))
 
 
 def _device(config: TrainConfig):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from wavalign.eval.core import METRICS
 from wavalign.eval.report import digits, records_from_json, verdict
-from wavalign.eval.stats import Interval, seeded_mean_ci
+from wavalign.stats import Interval, nanmean, seeded_mean_ci
 
 if TYPE_CHECKING:
     from wavalign.eval.ablation import AblationConfig
@@ -30,6 +30,7 @@ DYNAMICS_WINDOW = 0.1  # start / end: the mean of the first / last 10% of logged
 # `supervision` column, one value per question), in the order the table shows them
 SUPERVISION = {"gold": "clean gold", "wrong_answer": "weak teacher, wrong answer",
                "wrong_style": "weak teacher, wrong style", "prompt_only": "no gold (prompt only)"}
+_MARKS = {"better": " ↑", "worse": " ↓"}
 
 
 def question_supervision(world) -> dict[str, str]:
@@ -37,7 +38,6 @@ def question_supervision(world) -> dict[str, str]:
     records carry no supervision column (or a test question never asked in train)."""
     by_question = {r["question"]: r["supervision"] for r in world.examples("train") if "supervision" in r}
     return {r["id"]: by_question[r["question"]] for r in world.examples("test") if r.get("question") in by_question}
-_MARKS = {"better": " ↑", "worse": " ↓"}
 
 
 def _mark(change: Interval, metric: str) -> str:
@@ -88,8 +88,7 @@ def aggregate(ablation: AblationConfig, out: Path, resamples: int = 2000,
         for metric in TABLE_METRICS:
             matrix = [[r[metric] for r in records] for _, records, _ in runs]  # [seeds, prompts]
             baseline = [r[metric] for r in base]
-            per_seed = [float(sum(x for x in row if not math.isnan(x)) / max(1, sum(not math.isnan(x) for x in row)))
-                        for row in matrix]
+            per_seed = [nanmean(row) for row in matrix]
             entry["metrics"][metric] = {
                 "value": seeded_mean_ci(matrix, resamples=resamples),
                 "change": seeded_mean_ci(matrix, baseline=baseline, resamples=resamples),
@@ -127,10 +126,6 @@ def _paired(arm: dict[int, list[dict]], against: dict[int, list[dict]], resample
 def _by_supervision(base: list[dict], matrices: dict[str, dict[int, list[dict]]],
                     supervision: dict[str, str]) -> dict:
     """{category: {"n": prompts, "base": {metric: mean}, "arms": {arm: {metric: mean over seeds and prompts}}}}."""
-    def mean(values: list[float]) -> float:
-        finite = [v for v in values if not math.isnan(v)]
-        return sum(finite) / len(finite) if finite else math.nan
-
     table = {}
     categories = list(SUPERVISION) + sorted(set(supervision.values()) - set(SUPERVISION))  # unknown ones last
     for category in categories:
@@ -138,8 +133,8 @@ def _by_supervision(base: list[dict], matrices: dict[str, dict[int, list[dict]]]
         if not rows:
             continue
         table[category] = {
-            "n": len(rows), "base": {m: mean([base[i][m] for i in rows]) for m in ("IQ", "EQ")},
-            "arms": {name: {m: mean([records[i][m] for records in by_seed.values() for i in rows])
+            "n": len(rows), "base": {m: nanmean([base[i][m] for i in rows]) for m in ("IQ", "EQ")},
+            "arms": {name: {m: nanmean([records[i][m] for records in by_seed.values() for i in rows])
                             for m in ("IQ", "EQ")} for name, by_seed in matrices.items()}}
     return table
 
@@ -196,6 +191,11 @@ def _format_dynamics(summary: dict) -> list[str]:
     return lines
 
 
+def _difference_cells(differences: dict[str, Interval]) -> list[str]:
+    """One cell per table metric: the signed interval, marked when it excludes 0."""
+    return [differences[m].format(digits(m), signed=True) + _mark(differences[m], m) for m in TABLE_METRICS]
+
+
 def format_tables(summary: dict) -> str:
     lines = [f"Ablation '{summary['name']}': {summary['n_prompts']} test prompts, greedy; means over seeds "
              f"{summary['seeds']} and prompts, 95% bootstrap CIs (seeds and prompts resampled).", ""]
@@ -210,10 +210,7 @@ def format_tables(summary: dict) -> str:
               "| arm | " + " | ".join(f"Δ{m}" for m in TABLE_METRICS) + " | per-seed ΔIQ / ΔEQ | s/run |",
               "|---" * (len(TABLE_METRICS) + 3) + "|"]
     for name, entry in summary["arms"].items():
-        cells = []
-        for m in TABLE_METRICS:
-            change = entry["metrics"][m]["change"]
-            cells.append(change.format(digits(m), signed=True) + _mark(change, m))
+        cells = _difference_cells({m: entry["metrics"][m]["change"] for m in TABLE_METRICS})
         base_iq, base_eq = base["IQ"].mean, base["EQ"].mean
         per_seed = ", ".join(f"{iq - base_iq:+.1f}/{eq - base_eq:+.2f}" for iq, eq in
                              zip(entry["metrics"]["IQ"]["per_seed"], entry["metrics"]["EQ"]["per_seed"]))
@@ -238,10 +235,7 @@ def format_tables(summary: dict) -> str:
             versus = entry.get("versus_reference")
             if not versus:
                 continue
-            cells = []
-            for m in TABLE_METRICS:
-                d = versus[m]
-                cells.append(d.format(digits(m), signed=True) + _mark(d, m))
+            cells = _difference_cells(versus)
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines += ["", f"↑ / ↓: better / worse than {reference}, the 95% CI excluding 0."]
     comparisons = summary.get("comparisons", [])
@@ -250,8 +244,7 @@ def format_tables(summary: dict) -> str:
                   "| claim | arm − against | " + " | ".join(f"Δ{m}" for m in TABLE_METRICS) + " |",
                   "|---" * (len(TABLE_METRICS) + 2) + "|"]
         for c in comparisons:
-            cells = [c["difference"][m].format(digits(m), signed=True) + _mark(c["difference"][m], m)
-                     if c["difference"] else "not run" for m in TABLE_METRICS]
+            cells = _difference_cells(c["difference"]) if c["difference"] else ["not run"] * len(TABLE_METRICS)
             lines.append(f"| {c['claim']} | {c['arm']} − {c['against']} | " + " | ".join(cells) + " |")
         lines += ["", "↑ / ↓: the arm is better / worse than the one it is compared with, the 95% CI excluding 0."]
     lines += _format_by_supervision(summary)
@@ -270,6 +263,7 @@ def plot(ablation: AblationConfig, summary: dict, out: Path) -> list[Path]:
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     written = []
+
     def draw_curves(axis, key: str) -> bool:
         """One line per arm: the series' mean over seeds, smoothed; -> whether any arm logs it."""
         drawn = False

@@ -13,9 +13,7 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
-
-from wavalign.stats import paired_difference_ci
+from wavalign.stats import nanmean, paired_difference_ci
 from wavalign.train.config import TrainConfig, apply_override
 
 BASELINE_DIR = "sft_only"
@@ -54,17 +52,11 @@ def comparison_table(base: list[dict], sft_only: list[dict], trained: list[dict]
         column = {name: [math.nan if r.get(key) is None else float(r[key]) for r in records]
                   for name, records in (("base", base), ("sft", sft_only), ("trained", trained))}
         digits = metric_digits(key)
-        means = [_nanmean(column[name]) for name in ("base", "sft", "trained")]
+        means = [nanmean(column[name]) for name in ("base", "sft", "trained")]
         difference = paired_difference_ci(column["sft"], column["trained"], resamples=resamples)
         lines.append(f"| {table_label(key)} | " + " | ".join(f"{m:.{digits}f}" for m in means)
                      + f" | {difference.format(digits, signed=True)}{_verdict(difference)} |")
     return "\n".join(lines)
-
-
-def _nanmean(values: list[float]) -> float:
-    """Mean of the scored prompts (NaN: no score), NaN when none is."""
-    valid = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
-    return float(valid.mean()) if valid.size else math.nan
 
 
 def _verdict(interval) -> str:
