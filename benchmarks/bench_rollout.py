@@ -170,8 +170,9 @@ def world_workload(prompts_n: int) -> Workload:
 
 
 # ---------------------------------------------------------------------- the three methods
-def run_engine(work: Workload, samples: int, new_tokens: int):
-    engine = RolloutEngine(work.model, work.spec, pad_id=work.pad_id, profile=True)
+def run_engine(work: Workload, samples: int, new_tokens: int, *, static_cache=None, cuda_graphs=False):
+    engine = RolloutEngine(work.model, work.spec, pad_id=work.pad_id, profile=True, static_cache=static_cache,
+                           cuda_graphs=cuda_graphs)
     sampling = ModalitySampling(temperature=TEMPERATURE, top_p=TOP_P)
     params = SamplingParams(text=sampling, speech=sampling, max_new_tokens=new_tokens,
                             max_text_tokens=work.max_text, seed=0)
@@ -228,30 +229,46 @@ def run_hf(work: Workload, samples: int, new_tokens: int, batched: bool):
 
 
 # ---------------------------------------------------------------------- report
-def bench(work: Workload, samples: int, new_tokens: int) -> dict:
+def bench(work: Workload, samples: int, new_tokens: int, kv_cache: str = "auto", cuda_graphs: bool = False) -> dict:
     print(f"\n## {work.name}: {work.description}")
     print(f"# B={len(work.prompts)} prompts x G={samples} samples x up to {new_tokens} new tokens; "
           f"temperature {TEMPERATURE}, top-p {TOP_P}; device {describe(work.model)}")
+    # The engine as configured, and (when that is the static cache) also on transformers'
+    # dynamic cache: the static cache's gain measured in the same run.
+    static = RolloutEngine(work.model, work.spec, static_cache=None if kv_cache == "auto" else kv_cache == "static",
+                           cuda_graphs=cuda_graphs).static_cache
+    variants = {"engine": dict(static_cache=static, cuda_graphs=cuda_graphs)}
+    if cuda_graphs:  # and the same static-cache step without graphs
+        variants["engine_no_graphs"] = dict(static_cache=True)
+    if static:
+        variants["engine_dynamic_kv"] = dict(static_cache=False)
     with torch.no_grad():
-        run_engine(work, samples, 4)  # warm-up (allocator, kernels) with a few tokens
+        for options in variants.values():
+            run_engine(work, samples, 4, **options)  # warm-up (allocator, kernels, graphs) with a few tokens
         _ = run_hf(work, samples, 4, batched=True)
-        engine = run_engine(work, samples, new_tokens)
+        engines = {name: run_engine(work, samples, new_tokens, **options) for name, options in variants.items()}
+        engine = engines["engine"]
         per_prompt = run_hf(work, samples, new_tokens, batched=False)
         batched = run_hf(work, samples, new_tokens, batched=True)
+    print(f"# engine: {'static' if static else 'dynamic (transformers)'} KV cache"
+          f"{', CUDA graphs' if cuda_graphs else ''}")
 
     rates = {}
-    for name, r in (("engine", engine), ("hf_per_prompt", per_prompt), ("hf_batched", batched)):
+    for name, r in (*engines.items(), ("hf_per_prompt", per_prompt), ("hf_batched", batched)):
         rates[name] = r["tokens"] / r["seconds"]
         print(f"{name:>14}: {r['seconds']:8.2f} s  {r['tokens']:6d} tokens  {rates[name]:9.1f} tokens/s")
     best_hf = max(("hf_per_prompt", "hf_batched"), key=lambda k: rates[k])
     ratio = rates["engine"] / rates[best_hf]
 
+    print()
+    for name, r in engines.items():
+        steps = max(r["steps"], 1)
+        print(f"# {name} per decode step (ms): "
+              f"forward {1e3 * r['forward_s'] / steps:.2f} | sampling {1e3 * r['sample_s'] / steps:.2f} | "
+              f"bookkeeping {1e3 * r['bookkeeping_s'] / steps:.2f} | "
+              f"total {1e3 * (r['forward_s'] + r['sample_s'] + r['bookkeeping_s']) / steps:.2f} "
+              f"({r['rows']} rows at the start; prefill {1e3 * r['prefill_s']:.1f} ms once)")
     steps = max(engine["steps"], 1)
-    print("\n# engine per decode step (ms): "
-          f"forward {1e3 * engine['forward_s'] / steps:.2f} | sampling {1e3 * engine['sample_s'] / steps:.2f} | "
-          f"bookkeeping {1e3 * engine['bookkeeping_s'] / steps:.2f} | "
-          f"total {1e3 * (engine['forward_s'] + engine['sample_s'] + engine['bookkeeping_s']) / steps:.2f} "
-          f"({engine['rows']} rows at the start; prefill {1e3 * engine['prefill_s']:.1f} ms once)")
     for name, r in (("hf_per_prompt", per_prompt), ("hf_batched", batched)):
         calls = max(r["steps"], 1)
         print(f"# {name} per forward call (ms): forward {1e3 * r['forward_s'] / calls:.2f} | "
@@ -270,7 +287,10 @@ def bench(work: Workload, samples: int, new_tokens: int) -> dict:
     print(f"RESULT workload={work.name} ratio={ratio:.2f} baseline={best_hf} engine_tok_s={rates['engine']:.1f} "
           f"hf_per_prompt_tok_s={rates['hf_per_prompt']:.1f} hf_batched_tok_s={rates['hf_batched']:.1f} "
           f"ratio_per_prompt={rates['engine'] / rates['hf_per_prompt']:.2f} "
-          f"ratio_batched={rates['engine'] / rates['hf_batched']:.2f}")
+          f"ratio_batched={rates['engine'] / rates['hf_batched']:.2f}"
+          + (f" static_kv_gain={rates['engine_no_graphs' if cuda_graphs else 'engine'] / rates['engine_dynamic_kv']:.2f}"
+             if static else "")
+          + (f" cuda_graphs_gain={rates['engine'] / rates['engine_no_graphs']:.2f}" if cuda_graphs else ""))
     return {"ratio": ratio, "ratio_batched": rates["engine"] / rates["hf_batched"]}
 
 
@@ -285,6 +305,10 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8, help="qwen2 decoder layers")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    parser.add_argument("--kv-cache", choices=("auto", "static", "dynamic"), default="auto",
+                        help="the engine's KV cache (auto: static where supported; then the dynamic cache "
+                             "is measured too)")
+    parser.add_argument("--cuda-graphs", action="store_true", help="capture the engine's decode step (CUDA)")
     args = parser.parse_args()
     prompts_n = args.prompts or (2 if args.quick else 8)
     samples = args.samples or (4 if args.quick else 8)
@@ -300,7 +324,7 @@ def main() -> None:
     for name in workloads:
         work = qwen2_workload(prompts_n, args.hidden, args.layers) if name == "qwen2" else world_workload(prompts_n)
         work.model.to(device=args.device, dtype=getattr(torch, args.dtype))
-        results[name] = bench(work, samples, new_tokens)
+        results[name] = bench(work, samples, new_tokens, args.kv_cache, args.cuda_graphs)
     # The goals' figures in one line: the 77M Qwen2 against the best HF baseline (target >= 6)
     # and the world policy against HF batched generate (target >= 3).
     parts = []

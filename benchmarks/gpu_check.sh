@@ -47,9 +47,9 @@ step "log-prob benchmark"
 timeout 60 "$py" benchmarks/bench_logprobs.py --quick > "$out/bench_logprobs.log" 2>&1
 keep "$out/bench_logprobs.log" 4
 
-step "rollout benchmark (GPU, bf16, qwen2 workload)"
-timeout 150 "$py" benchmarks/bench_rollout.py --workload qwen2 --device cuda --dtype bfloat16 \
+step "rollout benchmark (GPU, bf16, qwen2 workload; engine with CUDA graphs, without, and on the dynamic cache)"
+timeout 180 "$py" benchmarks/bench_rollout.py --workload qwen2 --device cuda --dtype bfloat16 --cuda-graphs \
     > "$out/bench_rollout.log" 2>&1
-keep "$out/bench_rollout.log" 12
+keep "$out/bench_rollout.log" 16
 
 step "done"

@@ -71,6 +71,13 @@ def test_cli_errors_are_clear(model_dir, tmp_path):
     assert proc.returncode == 2 and "pass both --model DIR and --prompts" in proc.stderr
     proc = run_cli("--model", model_dir, "--prompts", empty_prompt, "--wav-dir", tmp_path / "w")
     assert proc.returncode == 2 and "--wav-dir needs a speech codec" in proc.stderr
+    ids = tmp_path / "ids.jsonl"
+    ids.write_text(json.dumps({"prompt_ids": [4, 5]}) + "\n")
+    proc = run_cli("--model", model_dir, "--prompts", ids, "--cuda-graphs", "--out", tmp_path / "o.jsonl")
+    assert proc.returncode == 2 and "cuda_graphs needs a model on a CUDA device" in proc.stderr
+    proc = run_cli("--model", model_dir, "--prompts", ids, "--kv-cache", "static", "--attn-implementation", "eager",
+                   "--out", tmp_path / "o.jsonl")
+    assert proc.returncode == 2 and "static KV cache cannot run this model: attn_implementation 'eager'" in proc.stderr
 
 
 def test_parser_exposes_every_sampling_field_for_both_modalities():

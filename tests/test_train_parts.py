@@ -37,10 +37,18 @@ def test_overrides_parse_values_as_yaml():
     ("mode=ppo", "mode"), ("gate.ema=1.0", "gate.ema"), ("optim.betas=[0.9]", "optim.betas"),
     ("rewards.max_failure_rate=2", "rewards.max_failure_rate"), ("optim.nosuch=1", "optim.nosuch"),
     ("run.name=a/b", "run.name"), ("data.source=jsonl", "data.train_path"),
+    ("rollout.kv_cache=paged", "rollout.kv_cache"), ("rollout.cuda_graphs=1", "rollout.cuda_graphs"),
 ])
 def test_invalid_values_fail_naming_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         TrainConfig.load(None, [override])
+
+
+def test_cuda_graphs_need_the_engine_and_the_static_cache():
+    for override in ("rollout.backend=hf_generate", "rollout.kv_cache=dynamic"):
+        with pytest.raises(ConfigError, match="rollout.cuda_graphs needs rollout.backend engine"):
+            TrainConfig.load(None, ["rollout.cuda_graphs=true", override])
+    assert TrainConfig.load(None, ["rollout.cuda_graphs=true"]).rollout.cuda_graphs
 
 
 def test_reward_options_refuse_an_api_key():

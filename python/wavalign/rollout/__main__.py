@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["engine", "hf_generate"], default="engine",
                    help="engine: wavalign's batched decode loop; hf_generate: the model's own generate() under the "
                    "same schedule (temperature per modality only)")
+    p.add_argument("--kv-cache", choices=["auto", "static", "dynamic"], default="auto",
+                   help="the engine's KV cache: static (preallocated, bit-identical; Llama/Qwen2 with sdpa), "
+                   "dynamic (transformers' own), auto (static where the model allows it; default)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="capture the engine's decode step in CUDA graphs (CUDA only, static KV cache)")
     p.add_argument("--out", default="rollouts.jsonl", help="output JSONL (default: rollouts.jsonl)")
     p.add_argument("-n", "--samples", type=int, default=4, help="samples per prompt, G (default 4)")
     p.add_argument("--batch-prompts", type=int, default=8, help="prompts per engine call (default 8)")
@@ -171,7 +176,12 @@ def _run(args) -> int:
                             max_speech_tokens=args.max_speech_tokens, seed=args.seed)
     from wavalign.rollout import make_sampler
 
-    engine = make_sampler(args.backend, model, spec, pad_id=tokenizer.pad_token_id, adapter=adapter)
+    try:
+        engine = make_sampler(args.backend, model, spec, pad_id=tokenizer.pad_token_id, adapter=adapter,
+                              kv_cache=args.kv_cache, cuda_graphs=args.cuda_graphs)
+    except ValueError as error:
+        print(f"python -m wavalign.rollout: error: {error}", file=sys.stderr)
+        return 2
     failed_audio = 0
     speech_offsets = torch.tensor([0] + [hi - lo for lo, hi in spec.speech_ranges]).cumsum(0)
 

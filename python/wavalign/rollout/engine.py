@@ -212,18 +212,40 @@ class _StepClock:
 
 class RolloutEngine:
     def __init__(self, model, spec: ModalitySpec, *, pad_id: int | None = None, profile: bool = False,
-                 adapter=None, sync_every: int | None = None):
+                 adapter=None, sync_every: int | None = None, static_cache: bool | None = None,
+                 cuda_graphs: bool = False):
         """profile: synchronise the device around each decode-step section so that
         Rollout.timings splits forward / sampling / bookkeeping exactly on CUDA (a little
         slower). On CPU the split is exact either way. adapter: a wavalign.adapters.ModelAdapter
         that collates the prompts' extra forward inputs (default: ModelAdapter). sync_every: how
         many decode steps run between two host checks (errors, finished rows); None: every
-        step on CPU (free there), every 8 on CUDA (a check waits for the device)."""
+        step on CPU (free there), every 8 on CUDA (a check waits for the device).
+        static_cache: decode on a preallocated KV cache (rollout.static_decode, bit-identical
+        to the model's own cache); None: whenever the model is one it reproduces (Llama/Qwen2
+        with sdpa attention), else transformers' cache. True: required (an error says why a
+        model cannot). cuda_graphs: capture the static decode step in CUDA graphs (CUDA only;
+        implies static_cache; agrees with the eager step up to rounding)."""
         if sync_every is not None and not (isinstance(sync_every, int) and not isinstance(sync_every, bool)
                                            and sync_every >= 1):
             raise ValueError(f"sync_every must be an int >= 1 or None, got {sync_every!r}")
         self.sync_every = sync_every
         self.model = model
+        from wavalign.rollout.static_decode import unsupported_reason
+
+        if static_cache not in (None, True, False) or cuda_graphs not in (True, False):
+            raise ValueError(f"static_cache must be None/True/False and cuda_graphs True/False, got "
+                             f"{static_cache!r} / {cuda_graphs!r}")
+        reason = unsupported_reason(model)
+        if (static_cache or cuda_graphs) and reason is not None:
+            raise ValueError(f"the static KV cache{' (needed by cuda_graphs)' if cuda_graphs else ''} cannot run "
+                             f"this model: {reason}")
+        if static_cache is False and cuda_graphs:
+            raise ValueError("cuda_graphs needs the static KV cache (static_cache=False was given)")
+        if cuda_graphs and next(model.parameters()).device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs a model on a CUDA device, this one is on "
+                             f"{next(model.parameters()).device}")
+        self.static_cache = reason is None if static_cache is None else static_cache
+        self.cuda_graphs = cuda_graphs
         self.adapter = adapter or ModelAdapter()
         self.spec = spec
         self.pad_id = pad_id if pad_id is not None else (spec.pad if spec.pad is not None else 0)
@@ -315,6 +337,13 @@ class RolloutEngine:
         history = (torch.full((rows, params.max_new_tokens), -1, dtype=torch.int64, device=device)
                    if _penalties_active(params) else None)
         table = _ParamTable(params, device)
+        decoder = None
+        if self.static_cache:
+            from wavalign.rollout.static_decode import StaticDecoder
+
+            decoder = StaticDecoder(self.model, cache, mask, mask.shape[1] + params.max_new_tokens,
+                                    graphs=self.cuda_graphs)
+            cache = None
         # The host looks at the device (errors, finished rows) every `check_every` steps: by
         # default every step on CPU (free) and every 8 on CUDA, so the loop does not stall the
         # GPU each token; finished rows then ride along, masked, until the next check.
@@ -350,20 +379,27 @@ class RolloutEngine:
                 if keep.numel() == 0:
                     break
                 if keep.numel() < live.numel():  # compaction: finished rows leave the batch
-                    cache.batch_select_indices(keep)
+                    if decoder is not None:
+                        decoder.select(keep)
+                    else:
+                        cache.batch_select_indices(keep)
                     state.select(keep)
                     live, mask, last_position = live[keep], mask[keep], last_position[keep]
                     history = history[keep] if history is not None else None
                     ids = ids[keep]
             if last_step:
                 break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             last_position = last_position + 1
-            clock.lap("bookkeeping_s")
-            out = self.model(input_ids=ids[:, None], attention_mask=mask,
-                             position_ids=last_position[:, None], use_cache=True,
-                             **{self._cache_arg: cache}, **self._last_logits_only)
-            logits, cache = out.logits[:, -1, :], self._cache_of(out)
+            if decoder is not None:
+                clock.lap("bookkeeping_s")
+                logits = decoder.step(ids, last_position)
+            else:
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                clock.lap("bookkeeping_s")
+                out = self.model(input_ids=ids[:, None], attention_mask=mask,
+                                 position_ids=last_position[:, None], use_cache=True,
+                                 **{self._cache_arg: cache}, **self._last_logits_only)
+                logits, cache = out.logits[:, -1, :], self._cache_of(out)
             clock.lap("forward_s")
         clock.lap("bookkeeping_s")
         decode_seconds = time.perf_counter() - decode_start

@@ -38,6 +38,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 PAIR_SOURCES = ("auto", "offline", "rollout", "gold")
 STRATEGIES = ("ddp", "fsdp2")
 ROLLOUT_BACKENDS = ("engine", "hf_generate")
+KV_CACHES = ("auto", "static", "dynamic")
 CODEC_KINDS = ("world", "python", "http", "onnx", "none")  # wavalign.codecs.build_codec
 
 
@@ -198,6 +199,13 @@ class RolloutConfig:
     # hf_generate: the model's own generate() under InterleaveLogitsProcessor, for models whose
     # forward does not fit the engine's cache handling (log-probs recomputed by a forward).
     backend: str = "engine"
+    # The engine's KV cache. static: buffers allocated once per rollout, each step writes one
+    # slot (bit-identical to transformers' cache; Llama/Qwen2 with sdpa attention); dynamic:
+    # transformers' own cache (any model); auto: static where the model allows it.
+    kv_cache: str = "auto"
+    # Capture the engine's decode step in CUDA graphs, one per batch-size bucket (CUDA only,
+    # needs the static cache; agrees with the eager step up to rounding, not bit for bit).
+    cuda_graphs: bool = False
     text: ModalitySampling = field(default_factory=_text_sampling)  # text-token sampling (all seven fields)
     speech: SpeechSampling = field(default_factory=SpeechSampling)  # speech-token sampling; None = as text
 
@@ -206,6 +214,10 @@ class RolloutConfig:
         _positive(self.max_new_tokens, "rollout.max_new_tokens", integer=True)
         _positive(self.num_iterations, "rollout.num_iterations", integer=True)
         _one_of(self.backend, ROLLOUT_BACKENDS, "rollout.backend")
+        _one_of(self.kv_cache, KV_CACHES, "rollout.kv_cache")
+        _check(isinstance(self.cuda_graphs, bool), f"rollout.cuda_graphs must be true or false, got {self.cuda_graphs!r}")
+        _check(not self.cuda_graphs or (self.backend == "engine" and self.kv_cache != "dynamic"),
+               "rollout.cuda_graphs needs rollout.backend engine and a static kv_cache (auto or static)")
         _check(isinstance(self.text, ModalitySampling), "rollout.text must be a mapping of sampling fields")
         try:
             self.speech_sampling

@@ -83,6 +83,8 @@ class PolicyEvaluator:
     n: int = 1
     seed: int = EVAL_SEED
     backend: str = "engine"  # rollout.backend: engine | hf_generate
+    kv_cache: str = "auto"  # rollout.kv_cache
+    cuda_graphs: bool = False  # rollout.cuda_graphs
     adapter: object | None = None  # the model's wavalign.adapters.ModelAdapter (extra forward inputs)
 
     @torch.no_grad()
@@ -93,7 +95,8 @@ class PolicyEvaluator:
         was_training = policy.training
         policy.eval()
         adapter = self.adapter or ModelAdapter()
-        engine = make_sampler(self.backend, policy, self.spec, pad_id=self.pad_id, adapter=adapter)
+        engine = make_sampler(self.backend, policy, self.spec, pad_id=self.pad_id, adapter=adapter,
+                              kv_cache=self.kv_cache, cuda_graphs=self.cuda_graphs)
         sampling = ModalitySampling(temperature=self.temperature)
         params = SamplingParams(text=sampling, speech=sampling, max_new_tokens=self.max_new_tokens, seed=self.seed)
         rollout = engine.generate([x.prompt_ids for x in self.examples], n=self.n, params=params,
@@ -157,7 +160,8 @@ def build_evaluator(config, *, examples: Sequence, spec: ModalitySpec, tokenizer
                            codec=(world.codec if world is not None else None) if codec == "world" else codec,
                            prompt_text=partial(judge_prompt_text, tokenizer=tokenizer),
                            max_new_tokens=config.rollout.max_new_tokens, temperature=e.temperature,
-                           backend=config.rollout.backend, adapter=adapter)
+                           backend=config.rollout.backend, kv_cache=config.rollout.kv_cache,
+                           cuda_graphs=config.rollout.cuda_graphs, adapter=adapter)
 
 
 def metric_names(records: Sequence[dict]) -> list[str]:

@@ -193,8 +193,9 @@ class Collector:
 
     def _rollout(self, examples: list[TrainExample], *, seed: int, first_row: int, extras=None) -> Rollout:
         self.policy.eval()
-        engine = make_sampler(self.config.rollout.backend, self.policy, self.spec, pad_id=self.pad_id,
-                              adapter=self.adapter)
+        r = self.config.rollout
+        engine = make_sampler(r.backend, self.policy, self.spec, pad_id=self.pad_id, adapter=self.adapter,
+                              kv_cache=r.kv_cache, cuda_graphs=r.cuda_graphs)
         with self.gathered():  # FSDP2: ranks decode for different lengths
             return engine.generate([e.prompt_ids for e in examples], n=self.config.rollout.group_size,
                                    params=self.sampling(seed), first_row=first_row, extras=extras)
