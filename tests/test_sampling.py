@@ -176,3 +176,28 @@ def test_does_not_modify_logits_and_threads_setting():
     one = ops.sample_tokens(logits, seed=1).ids
     ops.set_num_threads(threads)
     assert torch.equal(one, ops.sample_tokens(logits, seed=1).ids)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_paired_raw_statistics_equal_one_row_at_a_time(dtype):
+    # Batches of >= 4 rows per thread take the raw statistics two rows per pass; every row's
+    # result must be bit-identical to sampling it alone (one row: the single-row pass).
+    n, vocab = 17, 3001  # odd: an unpaired last row and a partial last block
+    logits = make_logits(n, vocab, seed=21, scale=4.0).to(dtype)
+    logits[3, :2048] = float("-inf")  # whole blocks of -inf in one row of a pair
+    logits[8, 1500:] = float("-inf")
+    kwargs = dict(temperature=0.8, top_p=0.9, seed=5, offsets=torch.arange(n) * 3)
+    batch = ops.sample_tokens(logits, **kwargs)
+    for row in range(n):
+        alone = ops.sample_tokens(logits[row:row + 1].contiguous(), temperature=0.8, top_p=0.9, seed=5,
+                                  offsets=kwargs["offsets"][row:row + 1].contiguous())
+        assert batch.ids[row] == alone.ids[0]
+        assert torch.equal(batch.raw_logprobs[row:row + 1], alone.raw_logprobs), row
+        assert torch.equal(batch.logprobs[row:row + 1], alone.logprobs), row
+
+
+def test_a_bad_row_in_a_pair_is_named():
+    logits = make_logits(16, 2000, seed=22)
+    logits[9, 1234] = float("nan")
+    with pytest.raises(ValueError, match="row 9"):
+        ops.sample_tokens(logits)

@@ -36,11 +36,16 @@ def prefill(model, prompts):
     return engine._prefill([torch.tensor(p) for p in prompts])
 
 
+_CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("kv_heads", [4, 2])  # multi-head, grouped-query
 @pytest.mark.parametrize("padded", [False, True])
-def test_decode_logits_are_hf_bit_for_bit(arch, kv_heads, padded):
-    model = model_of(arch, kv_heads=kv_heads)
+@pytest.mark.parametrize("device, dtype", [("cpu", torch.float32), pytest.param("cuda", torch.float32, marks=_CUDA),
+                                           pytest.param("cuda", torch.bfloat16, marks=_CUDA)])
+def test_decode_logits_are_hf_bit_for_bit(arch, kv_heads, padded, device, dtype):
+    model = model_of(arch, kv_heads=kv_heads, dtype=dtype).to(device)
     prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15], [2, 3]] if padded else [[5, 6, 7], [8, 9, 10]] * 2
     steps = 12
     with torch.no_grad():
@@ -50,7 +55,7 @@ def test_decode_logits_are_hf_bit_for_bit(arch, kv_heads, padded):
         assert decoder.padded == padded
         generator = torch.Generator().manual_seed(1)
         for step in range(steps):
-            ids = torch.randint(2, VOCAB, (len(position),), generator=generator)
+            ids = torch.randint(2, VOCAB, (len(position),), generator=generator).to(device)
             position = position + 1
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             out = model(input_ids=ids[:, None], attention_mask=mask, position_ids=position[:, None],
@@ -59,7 +64,7 @@ def test_decode_logits_are_hf_bit_for_bit(arch, kv_heads, padded):
             static = decoder.step(ids, position)
             assert torch.equal(static, logits), f"step {step}: max |diff| {(static - logits).abs().max()}"
             if step == 5:  # compaction: rows 0 and 2 leave both caches
-                keep = torch.tensor([1, 3])
+                keep = torch.tensor([1, 3], device=device)
                 cache.batch_select_indices(keep)
                 decoder.select(keep)
                 mask, position = mask[keep], position[keep]
@@ -96,6 +101,16 @@ def test_unsupported_models_fall_back_or_fail_clearly():
         RolloutEngine(model_of("llama", kv_heads=4), make_spec(), static_cache=False, cuda_graphs=True)
     with pytest.raises(ValueError, match="cuda_graphs needs a model on a CUDA device, this one is on cpu"):
         RolloutEngine(model_of("llama", kv_heads=4), make_spec(), cuda_graphs=True)
+
+
+def test_settings_that_change_transformers_attention_are_refused(monkeypatch):
+    model = model_of("llama", kv_heads=2)
+    assert unsupported_reason(model) is None
+    monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "1")
+    assert "TRANSFORMERS_SDPA_FORCE_GQA" in unsupported_reason(model)
+    monkeypatch.delenv("TRANSFORMERS_SDPA_FORCE_GQA")
+    model.model.rotary_emb.rope_type = "longrope"
+    assert "rope_type 'longrope'" in unsupported_reason(model)
 
 
 def test_the_cache_refuses_to_overflow():

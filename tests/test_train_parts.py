@@ -49,6 +49,8 @@ def test_cuda_graphs_need_the_engine_and_the_static_cache():
         with pytest.raises(ConfigError, match="rollout.cuda_graphs needs rollout.backend engine"):
             TrainConfig.load(None, ["rollout.cuda_graphs=true", override])
     assert TrainConfig.load(None, ["rollout.cuda_graphs=true"]).rollout.cuda_graphs
+    with pytest.raises(ConfigError, match="cannot run with distributed.strategy=fsdp2"):
+        TrainConfig.load(None, ["rollout.cuda_graphs=true", "distributed.strategy=fsdp2"])
 
 
 def test_reward_options_refuse_an_api_key():

@@ -100,7 +100,11 @@ WAVALIGN_SIMD_CLONES RawStats raw_row_stats(const T* src, int64_t n, float* slic
     const f8 shift = simd::splat(block_max);
     f8 acc = {};
     i = 0;
-    for (; i + kWidth <= len; i += kWidth) acc += exp_nonpositive(simd::load(slice + i) - shift);
+    const int64_t next = start + kBlock;  // prefetched during the exps, as in raw_row_stats_pair
+    for (; i + kWidth <= len; i += kWidth) {
+      if (next + i < n && (i & 15) == 0) __builtin_prefetch(src + next + i);
+      acc += exp_nonpositive(simd::load(slice + i) - shift);
+    }
     float tail = 0.0f;
     for (; i < len; ++i) tail += exp_nonpositive(slice[i] - block_max);
     const double block_sum = simd::hsum(acc) + tail;
@@ -112,6 +116,93 @@ WAVALIGN_SIMD_CLONES RawStats raw_row_stats(const T* src, int64_t n, float* slic
     }
   }
   return stats;
+}
+
+// raw_row_stats of two rows at once, row a in lanes 0-7 and row b in lanes 8-15 of 16-wide
+// vectors. Every lane sees the operations raw_row_stats applies to it, in the same order,
+// and each row's lanes are reduced in the same order, so both results are bit-identical to
+// two raw_row_stats calls; with AVX-512 one instruction serves both rows (the exp polynomial
+// is most of this pass's time). Returns false, leaving the outputs unspecified, when either
+// row holds NaN or +inf: the caller then runs raw_row_stats row by row (that row's error path).
+template <typename T>
+WAVALIGN_SIMD_CLONES_512 bool raw_row_stats_pair(const T* src_a, const T* src_b, int64_t n,
+                                                 float* slice_a, float* slice_b,
+                                                 RawStats* out_a, RawStats* out_b) {
+  RawStats a, b;
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t len = std::min(kBlock, n - start);
+    const T* block_a = src_a + start;
+    const T* block_b = src_b + start;
+    // The reading pass stays eight-wide per row (it is bound by memory, and sixteen-wide
+    // compares compile poorly without AVX-512 DQ); only the exp pass below pairs the rows.
+    f8 best_a = simd::splat(-kInf), best_b = simd::splat(-kInf);
+    simd::i8 bad_v = {};
+    int64_t i = 0;
+    for (; i + kWidth <= len; i += kWidth) {
+      const f8 va = load8(block_a + i), vb = load8(block_b + i);
+      simd::store(slice_a + i, va);
+      simd::store(slice_b + i, vb);
+      bad_v |= (va != va) | (va == simd::splat(kInf)) | (vb != vb) | (vb == simd::splat(kInf));
+      best_a = simd::vmax(va, best_a);
+      best_b = simd::vmax(vb, best_b);
+    }
+    float max_a = simd::hmax(best_a), max_b = simd::hmax(best_b);
+    bool bad = false;
+    for (int l = 0; l < kWidth; ++l) bad |= bad_v[l] != 0;
+    for (int64_t t = i; t < len; ++t) {
+      const float x = load_as_float(block_a, t), y = load_as_float(block_b, t);
+      slice_a[t] = x;
+      slice_b[t] = y;
+      bad |= (x != x) || (x == kInf) || (y != y) || (y == kInf);
+      max_a = x > max_a ? x : max_a;
+      max_b = y > max_b ? y : max_b;
+    }
+    if (bad) return false;
+    // A block whose max is -inf contributes nothing (raw_row_stats skips it); shift it by 0
+    // so its lanes compute exp(-inf) = 0 instead of NaN, and do not merge them.
+    const float shift_a = max_a == -kInf ? 0.0f : max_a, shift_b = max_b == -kInf ? 0.0f : max_b;
+    const simd::f16 shift = simd::join(simd::splat(shift_a), simd::splat(shift_b));
+    simd::f16 acc = {};
+    i = 0;
+    // While the exps run, ask for the next block of both rows (one cache line each per two
+    // vectors), so the reading pass finds it in cache instead of waiting on memory.
+    const int64_t next = start + kBlock;
+    for (; i + kWidth <= len; i += kWidth) {
+      if (next + i < n && (i & 15) == 0) {
+        __builtin_prefetch(src_a + next + i);
+        __builtin_prefetch(src_b + next + i);
+      }
+      acc += exp_nonpositive(simd::join(simd::load(slice_a + i), simd::load(slice_b + i)) - shift);
+    }
+    float tail_a = 0.0f, tail_b = 0.0f;
+    for (int64_t t = i; t < len; ++t) {
+      tail_a += exp_nonpositive(slice_a[t] - max_a);
+      tail_b += exp_nonpositive(slice_b[t] - max_b);
+    }
+    double sum_a = 0.0, sum_b = 0.0;
+    for (int l = 0; l < kWidth; ++l) {
+      sum_a += acc[l];
+      sum_b += acc[kWidth + l];
+    }
+    const double block_sums[2] = {sum_a + tail_a, sum_b + tail_b};
+    const float block_maxima[2] = {max_a, max_b};
+    RawStats* rows[2] = {&a, &b};
+    for (int r = 0; r < 2; ++r) {
+      RawStats& stats = *rows[r];
+      const float block_max = block_maxima[r];
+      const double block_sum = block_sums[r];
+      if (block_max == -kInf) continue;
+      if (block_max > stats.max) {
+        stats.sum_exp = stats.sum_exp * std::exp(static_cast<double>(stats.max) - block_max) + block_sum;
+        stats.max = block_max;
+      } else {
+        stats.sum_exp += block_sum * std::exp(static_cast<double>(block_max) - stats.max);
+      }
+    }
+  }
+  *out_a = a;
+  *out_b = b;
+  return true;
 }
 
 // dst[i] = float(src[i]).
@@ -226,6 +317,7 @@ struct RowScratch {
   std::vector<float> candidates;      // z values of one boundary bucket
   std::vector<double> block_sums;     // mass of each kBlock slice of the kept set
   float slice[kBlock];                // one converted slice of the raw row
+  float slice_b[kBlock];              // the second row's, when raw statistics run two rows at once
 };
 
 thread_local RowScratch t_scratch;
@@ -572,56 +664,82 @@ RowResult sample_processed_row(const SampleTokensArgs& a, int64_t row,
 }
 
 template <typename T>
+void sample_row(const SampleTokensArgs& a, int64_t row, const RawStats* precomputed) {
+  const T* logits = static_cast<const T*>(a.logits);
+  RowScratch& s = t_scratch;
+  if (static_cast<int64_t>(s.z.size()) < a.vocab) s.z.resize(a.vocab);
+  a.out_ids[row] = -1;
+  a.out_logprobs[row] = std::numeric_limits<float>::quiet_NaN();
+  a.out_raw_logprobs[row] = std::numeric_limits<float>::quiet_NaN();
+
+  const float temperature = a.temperature[row];
+  if (!params_valid(temperature, a.top_k[row], a.top_p[row], a.min_p[row],
+                    a.repetition_penalty[row], a.presence_penalty[row],
+                    a.frequency_penalty[row])) {
+    a.out_status[row] = kSampleBadParameter;
+    return;
+  }
+  std::vector<Range> ranges;
+  ranges.reserve(8);
+  if (!merge_ranges(a.allowed_ranges ? a.allowed_ranges + row * a.n_ranges * 2 : nullptr,
+                    a.n_ranges, a.vocab, &ranges)) {
+    a.out_status[row] = kSampleBadRange;
+    return;
+  }
+  if (ranges.empty()) { a.out_status[row] = kSampleEmptyAllowedSet; return; }
+
+  // Raw statistics read the caller's row directly; only allowed ids are copied out.
+  const T* x = logits + row * a.vocab;
+  float* z = s.z.data();
+  const RawStats raw = precomputed ? *precomputed : raw_row_stats(x, a.vocab, s.slice);
+  if (raw.has_bad) { a.out_status[row] = kSampleNonFiniteLogit; return; }
+  if (raw.max == -kInf) { a.out_status[row] = kSampleNoFiniteLogit; return; }
+  const double raw_lse = raw.max + std::log(raw.sum_exp);
+  for (const Range& r : ranges) copy_as_float(x + r.lo, r.hi - r.lo, z + r.lo);
+
+  const int32_t penalty_status =
+      apply_penalties(z, a.vocab, ranges, a.history ? a.history + row * a.history_len : nullptr,
+                      a.history ? a.history_len : 0, a.repetition_penalty[row],
+                      a.presence_penalty[row], a.frequency_penalty[row], &s.history);
+  if (penalty_status != kSampleOk) {
+    a.out_status[row] = penalty_status;
+    return;
+  }
+  const RowResult result =
+      sample_processed_row(a, row, ranges, RawRow{x, &any_allowed_finite<T>}, s);
+  a.out_status[row] = result.status;
+  if (result.status != kSampleOk) return;
+  a.out_ids[row] = result.id;
+  a.out_logprobs[row] = static_cast<float>(result.logprob);
+  a.out_raw_logprobs[row] =
+      static_cast<float>(static_cast<double>(load_as_float(x, result.id)) - raw_lse);
+}
+
+// Rows go to the thread pool in pairs: a pair's raw statistics are taken in one pass over
+// both rows (raw_row_stats_pair), then each row is sampled on its own.
+template <typename T>
 void sample_rows(const SampleTokensArgs& a) {
   const T* logits = static_cast<const T*>(a.logits);
-  parallel_for(a.n_rows, [&](int64_t row, int /*worker*/) {
+  if (a.n_rows < 4 * get_num_threads()) {  // too few rows to pair without idling a thread
+    parallel_for(a.n_rows, [&](int64_t row, int /*worker*/) { sample_row<T>(a, row, nullptr); });
+    return;
+  }
+  parallel_for((a.n_rows + 1) / 2, [&](int64_t pair, int /*worker*/) {
+    const int64_t first = 2 * pair;
+    if (first + 1 >= a.n_rows) {
+      sample_row<T>(a, first, nullptr);
+      return;
+    }
     RowScratch& s = t_scratch;
-    if (static_cast<int64_t>(s.z.size()) < a.vocab) s.z.resize(a.vocab);
-    a.out_ids[row] = -1;
-    a.out_logprobs[row] = std::numeric_limits<float>::quiet_NaN();
-    a.out_raw_logprobs[row] = std::numeric_limits<float>::quiet_NaN();
-
-    const float temperature = a.temperature[row];
-    if (!params_valid(temperature, a.top_k[row], a.top_p[row], a.min_p[row],
-                      a.repetition_penalty[row], a.presence_penalty[row],
-                      a.frequency_penalty[row])) {
-      a.out_status[row] = kSampleBadParameter;
-      return;
+    RawStats raw[2];
+    if (raw_row_stats_pair(logits + first * a.vocab, logits + (first + 1) * a.vocab, a.vocab, s.slice,
+                           s.slice_b, &raw[0], &raw[1])) {
+      sample_row<T>(a, first, &raw[0]);
+      sample_row<T>(a, first + 1, &raw[1]);
+    } else {  // NaN or +inf in one of them: row by row, through each row's own checks
+      sample_row<T>(a, first, nullptr);
+      sample_row<T>(a, first + 1, nullptr);
     }
-    std::vector<Range> ranges;
-    ranges.reserve(8);
-    if (!merge_ranges(a.allowed_ranges ? a.allowed_ranges + row * a.n_ranges * 2 : nullptr,
-                      a.n_ranges, a.vocab, &ranges)) {
-      a.out_status[row] = kSampleBadRange;
-      return;
-    }
-    if (ranges.empty()) { a.out_status[row] = kSampleEmptyAllowedSet; return; }
-
-    // Raw statistics read the caller's row directly; only allowed ids are copied out.
-    const T* x = logits + row * a.vocab;
-    float* z = s.z.data();
-    const RawStats raw = raw_row_stats(x, a.vocab, s.slice);
-    if (raw.has_bad) { a.out_status[row] = kSampleNonFiniteLogit; return; }
-    if (raw.max == -kInf) { a.out_status[row] = kSampleNoFiniteLogit; return; }
-    const double raw_lse = raw.max + std::log(raw.sum_exp);
-    for (const Range& r : ranges) copy_as_float(x + r.lo, r.hi - r.lo, z + r.lo);
-
-    const int32_t penalty_status =
-        apply_penalties(z, a.vocab, ranges, a.history ? a.history + row * a.history_len : nullptr,
-                        a.history ? a.history_len : 0, a.repetition_penalty[row],
-                        a.presence_penalty[row], a.frequency_penalty[row], &s.history);
-    if (penalty_status != kSampleOk) {
-      a.out_status[row] = penalty_status;
-      return;
-    }
-    const RowResult result =
-        sample_processed_row(a, row, ranges, RawRow{x, &any_allowed_finite<T>}, s);
-    a.out_status[row] = result.status;
-    if (result.status != kSampleOk) return;
-    a.out_ids[row] = result.id;
-    a.out_logprobs[row] = static_cast<float>(result.logprob);
-    a.out_raw_logprobs[row] =
-        static_cast<float>(static_cast<double>(load_as_float(x, result.id)) - raw_lse);
   });
 }
 

@@ -9,8 +9,11 @@
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define WAVALIGN_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+// For the 16-wide code (two rows per vector): one zmm instruction where AVX-512 exists.
+#define WAVALIGN_SIMD_CLONES_512 __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define WAVALIGN_SIMD_CLONES
+#define WAVALIGN_SIMD_CLONES_512
 #endif
 
 namespace wavalign::simd {
@@ -20,6 +23,10 @@ typedef float f8 __attribute__((vector_size(32)));
 typedef int32_t i8 __attribute__((vector_size(32)));
 typedef uint32_t u8 __attribute__((vector_size(32)));
 typedef uint16_t u16x8 __attribute__((vector_size(16)));
+// Sixteen lanes: two rows side by side (lanes 0-7 one row, 8-15 the other), each row's
+// lanes doing exactly what the eight-wide code does, so each row rounds as it would alone.
+typedef float f16 __attribute__((vector_size(64)));
+typedef int32_t i16 __attribute__((vector_size(64)));
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
@@ -64,23 +71,36 @@ inline float exp_nonpositive(float x) {
   return x < -87.0f ? 0.0f : y * scale;
 }
 
-inline f8 exp_nonpositive(f8 x) {
-  const f8 lower = splat(-87.0f);
-  const f8 clamped = x > lower ? x : lower;
-  const f8 magic = splat(12582912.0f);
-  const f8 n = (clamped * splat(1.44269504088896341f) + magic) - magic;
-  f8 r = clamped - n * splat(0.693359375f);
-  r = r - n * splat(-2.12194440e-4f);
-  f8 p = splat(1.9875691500e-4f);
-  p = p * r + splat(1.3981999507e-3f);
-  p = p * r + splat(8.3334519073e-3f);
-  p = p * r + splat(4.1665795894e-2f);
-  p = p * r + splat(1.6666665459e-1f);
-  p = p * r + splat(5.0000001201e-1f);
-  const f8 y = p * r * r + r + splat(1.0f);
-  const i8 exponent_bits = (__builtin_convertvector(n, i8) + 127) << 23;
-  const f8 scale = (f8)exponent_bits;
-  return x < lower ? splat(0.0f) : y * scale;
+template <typename F, typename I>
+inline F exp_nonpositive_lanes(F x) {
+  const F zero = {};
+  const F lower = zero + -87.0f;
+  const F clamped = x > lower ? x : lower;
+  const F magic = zero + 12582912.0f;
+  const F n = (clamped * (zero + 1.44269504088896341f) + magic) - magic;
+  F r = clamped - n * (zero + 0.693359375f);
+  r = r - n * (zero + -2.12194440e-4f);
+  F p = zero + 1.9875691500e-4f;
+  p = p * r + (zero + 1.3981999507e-3f);
+  p = p * r + (zero + 8.3334519073e-3f);
+  p = p * r + (zero + 4.1665795894e-2f);
+  p = p * r + (zero + 1.6666665459e-1f);
+  p = p * r + (zero + 5.0000001201e-1f);
+  const F y = p * r * r + r + (zero + 1.0f);
+  const I exponent_bits = (__builtin_convertvector(n, I) + 127) << 23;
+  const F scale = (F)exponent_bits;
+  return x < lower ? zero : y * scale;
+}
+
+inline f8 exp_nonpositive(f8 x) { return exp_nonpositive_lanes<f8, i8>(x); }
+inline f16 exp_nonpositive(f16 x) { return exp_nonpositive_lanes<f16, i16>(x); }
+
+// The two rows' eight-lane vectors as one sixteen-lane vector, and back.
+inline f16 join(f8 a, f8 b) {
+  f16 v;
+  std::memcpy(&v, &a, sizeof(a));
+  std::memcpy(reinterpret_cast<char*>(&v) + sizeof(a), &b, sizeof(b));
+  return v;
 }
 
 }  // namespace wavalign::simd

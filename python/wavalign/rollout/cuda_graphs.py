@@ -9,8 +9,11 @@ replays them with one launch. Replaying needs fixed shapes and fixed addresses, 
 - attention runs over all `capacity` slots with the unfilled ones masked, so the shapes do not
   grow with the sequence (numerically this sums over a longer, masked axis: results agree with
   the eager step up to rounding, not bit for bit).
-Rows of a bucket beyond the live rows hold stale copies of finished rows: they are computed
-and ignored, and never mix with live rows (every op is row-independent).
+Rows of a bucket beyond the live rows hold whatever those buffer rows held before the last
+compaction (finite values, at least the current slot attended): they are computed and
+ignored, and never mix with live rows (every op is row-independent).
+Graphs live as long as their StaticDecoder, i.e. one `generate` call: each call captures the
+buckets it uses again (a few warm-up steps per bucket).
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ def _buckets(rows: int) -> list[int]:
 
 
 class DecodeGraphs:
+    """Captured decode steps of one StaticDecoder, which passes itself to each call (no
+    reference is kept, so the decoder, its buffers and these graphs free together)."""
+
     def __init__(self, decoder):
         if decoder.keys.device.type != "cuda":
             raise ValueError(f"rollout.cuda_graphs needs a CUDA model, this one is on {decoder.keys.device}")
-        self.decoder = decoder
         self.device = decoder.keys.device
         self.buckets = _buckets(decoder.rows)
         self.pool = torch.cuda.graph_pool_handle()
@@ -43,26 +48,25 @@ class DecodeGraphs:
     def _bucket(self, rows: int) -> int:
         return next(size for size in self.buckets if size >= rows)
 
-    def _run(self, size: int) -> torch.Tensor:
-        d = self.decoder
+    def _run(self, d, size: int) -> torch.Tensor:
         # the slot as a device tensor (no host value inside the graph), every slot attended
         return d.forward(self.ids[:size], self.positions[:size], self.slot, d.keys[:, :size],
                          d.values[:, :size], d.valid[:size, None, None, :], None)
 
-    def _capture(self, size: int):
+    def _capture(self, d, size: int):
         side = torch.cuda.Stream(device=self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):  # warm-up outside capture (lazy init, autotuning)
             for _ in range(2):
-                self._run(size)
+                self._run(d, size)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            logits = self._run(size)
+            logits = self._run(d, size)
         return graph, logits
 
-    def step(self, ids: torch.Tensor, positions: torch.Tensor, slot: int) -> torch.Tensor:
-        d = self.decoder
+    def step(self, d, ids: torch.Tensor, positions: torch.Tensor, slot: int) -> torch.Tensor:
+        """d: the StaticDecoder these graphs belong to."""
         rows = ids.shape[0]
         self.ids[:rows] = ids
         self.positions[:rows] = positions
@@ -70,7 +74,7 @@ class DecodeGraphs:
         d.valid[:, slot] = True
         size = self._bucket(rows)
         if size not in self.graphs:
-            self.graphs[size] = self._capture(size)  # the warm-up already wrote this slot; replay rewrites it
+            self.graphs[size] = self._capture(d, size)  # the warm-up already wrote this slot; replay rewrites it
         graph, logits = self.graphs[size]
         graph.replay()
         return logits[:rows].clone()  # the static output is overwritten by the next replay

@@ -20,6 +20,8 @@ agree with HF up to rounding rather than bit for bit.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -51,9 +53,13 @@ def unsupported_reason(model) -> str | None:
         return "no model.model.layers / lm_head"
     if any(layer_type != "full_attention" for layer_type in getattr(config, "layer_types", None) or ()):
         return "sliding-window layers"
-    rope = getattr(getattr(inner, "rotary_emb", None), "rope_type", "default")
-    if "dynamic" in str(rope):
-        return f"rope_type {rope!r} updates with the sequence length"
+    rope = str(getattr(getattr(inner, "rotary_emb", None), "rope_type", "default"))
+    if "dynamic" in rope or rope == "longrope":
+        return f"rope_type {rope!r} depends on the sequence length"
+    if getattr(model, "use_kernels", False):
+        return "use_kernels=True (hub kernels replace the rotary and attention code that is mirrored)"
+    if os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA", "0") == "1":
+        return "TRANSFORMERS_SDPA_FORCE_GQA=1 changes transformers' attention branch"
     from torch.distributed.tensor import DTensor
 
     if any(isinstance(p, DTensor) for p in model.parameters()):
@@ -102,7 +108,7 @@ class StaticDecoder:
         if graphs:
             from wavalign.rollout.cuda_graphs import DecodeGraphs
 
-            self.graphs = DecodeGraphs(self)
+            self.graphs = DecodeGraphs(self)  # holds no reference back: the buffers free with the decoder
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep rows `keep` (1-D indices, ascending), moved to the front of the buffers."""
@@ -123,12 +129,14 @@ class StaticDecoder:
         if self.filled >= self.capacity:
             raise RuntimeError(f"the static cache is full ({self.capacity} slots)")
         slot = self.filled
-        self.filled += 1
         if self.graphs is not None:
-            return self.graphs.step(ids, positions, slot)
-        self.valid[:, slot] = True
-        return self.forward(ids, positions, slot, self.keys, self.values,
-                            self.valid[:, None, None, :slot + 1] if self.padded else None, slot + 1)
+            logits = self.graphs.step(self, ids, positions, slot)
+        else:
+            self.valid[:, slot] = True
+            logits = self.forward(ids, positions, slot, self.keys, self.values,
+                                  self.valid[:, None, None, :slot + 1] if self.padded else None, slot + 1)
+        self.filled = slot + 1
+        return logits
 
     def forward(self, ids, positions, slot, keys, values, attend, length):
         """One decode step: write slot `slot` (an int, or a [1] device tensor for graph

@@ -535,6 +535,8 @@ class TrainConfig:
                                                  f"sampling temperature (rollout.num_iterations="
                                                  f"{self.rollout.num_iterations}); rollout.{section}.temperature "
                                                  f"must be > 0")
+        _check(not (self.rollout.cuda_graphs and self.distributed.strategy == "fsdp2"),
+               "rollout.cuda_graphs needs whole (unsharded) weights; it cannot run with distributed.strategy=fsdp2")
         if self.mode == "dpo" and self.dpo.pairs == "offline":
             _check(self.data.source in ("jsonl", "hf_dataset"),
                    "dpo.pairs 'offline' reads rejected responses from JSONL or hf_dataset data")
