@@ -22,6 +22,7 @@ from pathlib import Path
 
 from wavalign.train.baseline import MODE_LABELS
 from wavalign.train.config import MODES, ConfigError, TrainConfig
+from wavalign.train import distributed
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -124,6 +125,7 @@ def main(argv=None) -> int:
         trainer._say(f"mode {config.mode}, {config.optim.steps} steps x {config.optim.prompts_per_step} prompts x "
                      f"{config.rollout.group_size} samples; run directory {trainer.run_dir}")
         summary = trainer.fit()
+        distributed.barrier()  # every rank finished before any tears its process group down
     except JudgeFailureError as error:
         print(f"wavalign.train: stopped: {error}", file=sys.stderr)
         return 3
@@ -172,6 +174,7 @@ def train_baseline(config: TrainConfig, run_dir: Path, is_main: bool) -> tuple[i
             return 2, None
         try:
             summary = trainer.fit()
+            distributed.barrier()
         finally:
             trainer.close()
         if summary.get("interrupted"):
