@@ -69,6 +69,17 @@ struct RawStats {
   bool has_bad = false;  // NaN or +inf seen
 };
 
+// Folds one block (its max and its exp-sum relative to that max) into the row's running
+// statistics with the usual running-max rescale (online softmax).
+inline void merge_block(RawStats& stats, float block_max, double block_sum) {
+  if (block_max > stats.max) {
+    stats.sum_exp = stats.sum_exp * std::exp(static_cast<double>(stats.max) - block_max) + block_sum;
+    stats.max = block_max;
+  } else {
+    stats.sum_exp += block_sum * std::exp(static_cast<double>(block_max) - stats.max);
+  }
+}
+
 // Raw log-softmax statistics in ONE read of the row (the pass that touches memory):
 // each kBlock slice is converted into an L1-resident buffer, its max taken, then its
 // exp-sum; slices are merged with the usual running-max rescale (online softmax).
@@ -108,12 +119,7 @@ WAVALIGN_SIMD_CLONES RawStats raw_row_stats(const T* src, int64_t n, float* slic
     float tail = 0.0f;
     for (; i < len; ++i) tail += exp_nonpositive(slice[i] - block_max);
     const double block_sum = simd::hsum(acc) + tail;
-    if (block_max > stats.max) {
-      stats.sum_exp = stats.sum_exp * std::exp(static_cast<double>(stats.max) - block_max) + block_sum;
-      stats.max = block_max;
-    } else {
-      stats.sum_exp += block_sum * std::exp(static_cast<double>(block_max) - stats.max);
-    }
+    merge_block(stats, block_max, block_sum);
   }
   return stats;
 }
@@ -184,21 +190,8 @@ WAVALIGN_SIMD_CLONES_512 bool raw_row_stats_pair(const T* src_a, const T* src_b,
       sum_a += acc[l];
       sum_b += acc[kWidth + l];
     }
-    const double block_sums[2] = {sum_a + tail_a, sum_b + tail_b};
-    const float block_maxima[2] = {max_a, max_b};
-    RawStats* rows[2] = {&a, &b};
-    for (int r = 0; r < 2; ++r) {
-      RawStats& stats = *rows[r];
-      const float block_max = block_maxima[r];
-      const double block_sum = block_sums[r];
-      if (block_max == -kInf) continue;
-      if (block_max > stats.max) {
-        stats.sum_exp = stats.sum_exp * std::exp(static_cast<double>(stats.max) - block_max) + block_sum;
-        stats.max = block_max;
-      } else {
-        stats.sum_exp += block_sum * std::exp(static_cast<double>(block_max) - stats.max);
-      }
-    }
+    if (max_a != -kInf) merge_block(a, max_a, sum_a + tail_a);
+    if (max_b != -kInf) merge_block(b, max_b, sum_b + tail_b);
   }
   *out_a = a;
   *out_b = b;

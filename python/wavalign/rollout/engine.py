@@ -241,9 +241,9 @@ class RolloutEngine:
                              f"this model: {reason}")
         if static_cache is False and cuda_graphs:
             raise ValueError("cuda_graphs needs the static KV cache (static_cache=False was given)")
-        if cuda_graphs and next(model.parameters()).device.type != "cuda":
-            raise ValueError(f"cuda_graphs needs a model on a CUDA device, this one is on "
-                             f"{next(model.parameters()).device}")
+        model_device = next(model.parameters()).device
+        if cuda_graphs and model_device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs a model on a CUDA device, this one is on {model_device}")
         self.static_cache = reason is None if static_cache is None else static_cache
         self.cuda_graphs = cuda_graphs
         self.adapter = adapter or ModelAdapter()
