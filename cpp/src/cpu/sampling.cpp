@@ -55,9 +55,10 @@ inline float load_as_float(const Bf16* p, int64_t i) { return bf16_to_float(p[i]
 inline float load_as_float(const Fp16* p, int64_t i) { return fp16_to_float(p[i].bits); }
 
 // Eight elements as floats: one vector load for float32 / bfloat16, lane by lane for float16.
-inline f8 load8(const float* p) { return simd::load(p); }
-inline f8 load8(const Bf16* p) { return simd::load_bf16(&p->bits); }
-inline f8 load8(const Fp16* p) {
+// Force-inlined like the simd.h helpers (they return a vector; see simd.h).
+WAVALIGN_SIMD_INLINE f8 load8(const float* p) { return simd::load(p); }
+WAVALIGN_SIMD_INLINE f8 load8(const Bf16* p) { return simd::load_bf16(&p->bits); }
+WAVALIGN_SIMD_INLINE f8 load8(const Fp16* p) {
   f8 v;
   for (int l = 0; l < kWidth; ++l) v[l] = fp16_to_float(p[l].bits);
   return v;
@@ -84,7 +85,7 @@ inline void merge_block(RawStats& stats, float block_max, double block_sum) {
 // each kBlock slice is converted into an L1-resident buffer, its max taken, then its
 // exp-sum; slices are merged with the usual running-max rescale (online softmax).
 template <typename T>
-WAVALIGN_SIMD_CLONES RawStats raw_row_stats(const T* src, int64_t n, float* slice) {
+WAVALIGN_SIMD_CLONES_512 RawStats raw_row_stats(const T* src, int64_t n, float* slice) {
   RawStats stats;
   for (int64_t start = 0; start < n; start += kBlock) {
     const int64_t len = std::min(kBlock, n - start);
@@ -99,7 +100,7 @@ WAVALIGN_SIMD_CLONES RawStats raw_row_stats(const T* src, int64_t n, float* slic
       best_v = simd::vmax(v, best_v);
     }
     float block_max = simd::hmax(best_v);
-    for (int l = 0; l < kWidth; ++l) stats.has_bad |= bad_v[l] != 0;
+    stats.has_bad |= simd::any_lane(bad_v);
     for (; i < len; ++i) {
       const float v = load_as_float(block, i);
       slice[i] = v;
@@ -109,9 +110,17 @@ WAVALIGN_SIMD_CLONES RawStats raw_row_stats(const T* src, int64_t n, float* slic
     if (stats.has_bad) return stats;
     if (block_max == -kInf) continue;  // contributes nothing
     const f8 shift = simd::splat(block_max);
+    const simd::f16 shift16 = simd::join(shift, shift);
     f8 acc = {};
     i = 0;
     const int64_t next = start + kBlock;  // prefetched during the exps, as in raw_row_stats_pair
+    // Sixteen per exp (one zmm with AVX-512); acc takes the halves in order, as below.
+    for (; i + 2 * kWidth <= len; i += 2 * kWidth) {
+      if (next + i < n) __builtin_prefetch(src + next + i);
+      const simd::f16 e = exp_nonpositive(simd::load16(slice + i) - shift16);
+      acc += simd::low_half(e);
+      acc += simd::high_half(e);
+    }
     for (; i + kWidth <= len; i += kWidth) {
       if (next + i < n && (i & 15) == 0) __builtin_prefetch(src + next + i);
       acc += exp_nonpositive(simd::load(slice + i) - shift);
@@ -154,7 +163,7 @@ WAVALIGN_SIMD_CLONES_512 bool raw_row_stats_pair(const T* src_a, const T* src_b,
     }
     float max_a = simd::hmax(best_a), max_b = simd::hmax(best_b);
     bool bad = false;
-    for (int l = 0; l < kWidth; ++l) bad |= bad_v[l] != 0;
+    bad |= simd::any_lane(bad_v);
     for (int64_t t = i; t < len; ++t) {
       const float x = load_as_float(block_a, t), y = load_as_float(block_b, t);
       slice_a[t] = x;
@@ -227,13 +236,28 @@ WAVALIGN_SIMD_CLONES float divide_and_max(float* z, int64_t n, float temperature
 
 // Mass of the kept elements of one slice: sum of exp(z - max_z) over z >= tau.
 // Both the total and the draw use this one function, so they agree exactly.
-WAVALIGN_SIMD_CLONES double kept_mass(const float* z, int64_t n, float tau, float max_z) {
+WAVALIGN_SIMD_CLONES_512 double kept_mass(const float* z, int64_t n, float tau, float max_z) {
   const f8 tau_v = simd::splat(tau), max_v = simd::splat(max_z);
+  const simd::f16 max16 = simd::join(max_v, max_v);
   f8 acc = {};
   int64_t i = 0;
+  // Sixteen ids per exp (one zmm with AVX-512); acc still takes the two eight-lane halves
+  // one after the other, as the eight-wide loop below does, so the sum rounds the same.
+  for (; i + 2 * kWidth <= n; i += 2 * kWidth) {
+    const f8 v0 = simd::load(z + i), v1 = simd::load(z + i + kWidth);
+    const simd::i8 kept0 = v0 >= tau_v, kept1 = v1 >= tau_v;
+    if (!simd::any_lane(kept0 | kept1)) continue;  // see below: skipping zeros is exact
+    const simd::f16 e = exp_nonpositive(simd::join(v0, v1) - max16);
+    acc += kept0 ? simd::low_half(e) : simd::splat(0.0f);
+    acc += kept1 ? simd::high_half(e) : simd::splat(0.0f);
+  }
   for (; i + kWidth <= n; i += kWidth) {
     const f8 v = simd::load(z + i);
-    acc += v >= tau_v ? exp_nonpositive(v - max_v) : simd::splat(0.0f);
+    const simd::i8 kept = v >= tau_v;
+    // Under top-k / top-p / min-p most vectors keep no lane: skip their exps. Adding the
+    // zeros would not change acc (a sum of non-negative terms from +0), so this is exact.
+    if (!simd::any_lane(kept)) continue;
+    acc += kept ? exp_nonpositive(v - max_v) : simd::splat(0.0f);
   }
   float tail = 0.0f;
   for (; i < n; ++i) tail += z[i] >= tau ? exp_nonpositive(z[i] - max_z) : 0.0f;
@@ -246,27 +270,49 @@ inline int bucket_of(float z, float max_z) {
 }
 
 // Adds one slice to the bucket histogram (count and mass per bucket). Bucket ids and
-// masses are computed eight at a time; only the scatter is scalar.
-WAVALIGN_SIMD_CLONES void add_to_histogram(const float* z, int64_t n, float max_z,
+// masses are computed eight at a time; only the scatter is scalar. Top-p alone needs no
+// counts (only top-k reads them): with kCounts false they are not kept.
+template <bool kCounts>
+WAVALIGN_SIMD_CLONES_512 void add_to_histogram(const float* z, int64_t n, float max_z,
                                            int32_t* count, double* mass) {
   const f8 max_v = simd::splat(max_z);
   const f8 scale = simd::splat(static_cast<float>(kBucketsPerNat));
   const f8 tail = simd::splat(static_cast<float>(kBuckets));
-  int64_t i = 0;
-  for (; i + kWidth <= n; i += kWidth) {
-    const f8 v = simd::load(z + i);
-    const f8 scaled = (max_v - v) * scale;
-    const simd::i8 bucket = __builtin_convertvector(scaled < tail ? scaled : tail, simd::i8);
-    const f8 e = exp_nonpositive(v - max_v);
-    for (int l = 0; l < kWidth; ++l) {
-      count[bucket[l]] += 1;
-      mass[bucket[l]] += e[l];
+  const simd::f16 max16 = simd::join(max_v, max_v), scale16 = simd::join(scale, scale),
+                  tail16 = simd::join(tail, tail);
+  // Two loops per chunk: the exps and bucket ids of a whole chunk first (independent
+  // vectors, so they overlap in the pipeline), then the scalar scatter. Fused in one loop,
+  // each vector's exp waited behind the previous vector's scatter. Same values, same
+  // order of adds per bucket.
+  int32_t chunk_bucket[kBlock];
+  float chunk_mass[kBlock];
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t len = std::min(kBlock, n - start);
+    const float* zc = z + start;
+    int64_t i = 0;
+    // Sixteen at a time (one zmm exp with AVX-512), each lane as in the eight-wide loop.
+    for (; i + 2 * kWidth <= len; i += 2 * kWidth) {
+      const simd::f16 v = simd::load16(zc + i);
+      const simd::f16 scaled = (max16 - v) * scale16;
+      const simd::i16 bucket = __builtin_convertvector(scaled < tail16 ? scaled : tail16, simd::i16);
+      std::memcpy(chunk_bucket + i, &bucket, sizeof(bucket));
+      simd::store16(chunk_mass + i, exp_nonpositive(v - max16));
     }
-  }
-  for (; i < n; ++i) {
-    const int b = bucket_of(z[i], max_z);
-    count[b] += 1;
-    mass[b] += exp_nonpositive(z[i] - max_z);
+    for (; i + kWidth <= len; i += kWidth) {
+      const f8 v = simd::load(zc + i);
+      const f8 scaled = (max_v - v) * scale;
+      const simd::i8 bucket = __builtin_convertvector(scaled < tail ? scaled : tail, simd::i8);
+      std::memcpy(chunk_bucket + i, &bucket, sizeof(bucket));
+      simd::store(chunk_mass + i, exp_nonpositive(v - max_v));
+    }
+    for (; i < len; ++i) {
+      chunk_bucket[i] = bucket_of(zc[i], max_z);
+      chunk_mass[i] = exp_nonpositive(zc[i] - max_z);
+    }
+    for (i = 0; i < len; ++i) {
+      if (kCounts) count[chunk_bucket[i]] += 1;
+      mass[chunk_bucket[i]] += chunk_mass[i];
+    }
   }
 }
 
@@ -283,9 +329,7 @@ WAVALIGN_SIMD_CLONES double collect_bucket(const float* z, int64_t n, float max_
     const f8 v = simd::load(z + i);
     const f8 scaled = (max_v - v) * scale;
     const simd::i8 hit = __builtin_convertvector(scaled < tail ? scaled : tail, simd::i8) == wanted;
-    bool any = false;
-    for (int l = 0; l < kWidth; ++l) any |= hit[l] != 0;
-    if (!any) continue;
+    if (!simd::any_lane(hit)) continue;
     for (int l = 0; l < kWidth; ++l) {
       if (hit[l] && v[l] >= floor_z) {
         out->push_back(v[l]);
@@ -468,9 +512,7 @@ WAVALIGN_SIMD_CLONES void collect_at_least(const float* z, int64_t n, float cut,
   for (; i + kWidth <= n; i += kWidth) {
     const f8 v = simd::load(z + i);
     const simd::i8 hit = v >= cut_v;
-    bool any = false;
-    for (int l = 0; l < kWidth; ++l) any |= hit[l] != 0;
-    if (!any) continue;
+    if (!simd::any_lane(hit)) continue;
     for (int l = 0; l < kWidth; ++l)
       if (hit[l]) out->push_back(v[l]);
   }
@@ -585,10 +627,15 @@ RowResult sample_processed_row(const SampleTokensArgs& a, int64_t row,
     }
   }
   if (!thresholds_done) {
-    s.bucket_count.assign(kBuckets + 1, 0);
     s.bucket_mass.assign(kBuckets + 1, 0.0);
-    for (const Range& r : ranges)
-      add_to_histogram(z + r.lo, r.hi - r.lo, max_z, s.bucket_count.data(), s.bucket_mass.data());
+    if (top_k_on) {  // kth_largest walks the counts
+      s.bucket_count.assign(kBuckets + 1, 0);
+      for (const Range& r : ranges)
+        add_to_histogram<true>(z + r.lo, r.hi - r.lo, max_z, s.bucket_count.data(), s.bucket_mass.data());
+    } else {
+      for (const Range& r : ranges)
+        add_to_histogram<false>(z + r.lo, r.hi - r.lo, max_z, nullptr, s.bucket_mass.data());
+    }
     int floor_bucket = kBuckets + 1;  // "no earlier filter": every bucket whole
     float floor_z = -kInf;
     if (top_k_on) {
