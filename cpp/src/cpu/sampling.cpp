@@ -215,21 +215,32 @@ WAVALIGN_SIMD_CLONES void copy_as_float(const T* src, int64_t n, float* dst) {
   for (; i < n; ++i) dst[i] = load_as_float(src, i);
 }
 
-// z[i] /= temperature in place, returns the max. Division (not multiplication by 1/t)
-// so values round exactly as `logits / t` does in PyTorch.
-WAVALIGN_SIMD_CLONES float divide_and_max(float* z, int64_t n, float temperature) {
+// z[i] = float(src[i]) / temperature (src may be z itself), returns the max and writes
+// the max of each kBlock slice to block_max[0, 1, ...]: later passes skip the slices that
+// cannot hold what they look for. Division (not multiplication by 1/t) so values round
+// exactly as `logits / t` does in PyTorch. Reading the caller's row directly (rows without
+// penalties) fuses the copy into this pass.
+template <typename T>
+WAVALIGN_SIMD_CLONES float divide_and_max(const T* src, int64_t n, float temperature, float* z,
+                                          float* block_max) {
   const f8 t = simd::splat(temperature);
-  f8 best_v = simd::splat(-kInf);
-  int64_t i = 0;
-  for (; i + kWidth <= n; i += kWidth) {
-    const f8 v = simd::load(z + i) / t;
-    simd::store(z + i, v);
-    best_v = simd::vmax(v, best_v);
-  }
-  float best = simd::hmax(best_v);
-  for (; i < n; ++i) {
-    z[i] /= temperature;
-    best = z[i] > best ? z[i] : best;
+  float best = -kInf;
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t end = std::min(n, start + kBlock);
+    f8 best_v = simd::splat(-kInf);
+    int64_t i = start;
+    for (; i + kWidth <= end; i += kWidth) {
+      const f8 v = load8(src + i) / t;
+      simd::store(z + i, v);
+      best_v = simd::vmax(v, best_v);
+    }
+    float block_best = simd::hmax(best_v);
+    for (; i < end; ++i) {
+      z[i] = load_as_float(src, i) / temperature;
+      block_best = z[i] > block_best ? z[i] : block_best;
+    }
+    *block_max++ = block_best;
+    best = block_best > best ? block_best : best;
   }
   return best;
 }
@@ -316,14 +327,14 @@ WAVALIGN_SIMD_CLONES_512 void add_to_histogram(const float* z, int64_t n, float 
   }
 }
 
-// Appends to `out` every z in bucket `bucket` with z >= floor_z; returns their mass.
+// Appends to `out` every z in bucket `bucket` with z >= floor_z; returns `mass` plus
+// their mass, added one by one in id order.
 WAVALIGN_SIMD_CLONES double collect_bucket(const float* z, int64_t n, float max_z, int bucket,
-                                           float floor_z, std::vector<float>* out) {
+                                           float floor_z, std::vector<float>* out, double mass) {
   const f8 max_v = simd::splat(max_z);
   const f8 scale = simd::splat(static_cast<float>(kBucketsPerNat));
   const f8 tail = simd::splat(static_cast<float>(kBuckets));
   const simd::i8 wanted = {bucket, bucket, bucket, bucket, bucket, bucket, bucket, bucket};
-  double mass = 0.0;
   int64_t i = 0;
   for (; i + kWidth <= n; i += kWidth) {
     const f8 v = simd::load(z + i);
@@ -346,6 +357,28 @@ WAVALIGN_SIMD_CLONES double collect_bucket(const float* z, int64_t n, float max_
   return mass;
 }
 
+// collect_bucket over a row's allowed ranges, skipping the kBlock slices whose max is below
+// floor_z or outside the bucket from above (every z of the slice then lies in a deeper
+// bucket: bucket_of only grows as z falls). Returns the mass summed per range, then over
+// ranges, as one collect_bucket call per range would.
+double collect_bucket_in_ranges(const float* z, const std::vector<Range>& ranges,
+                                const float* block_max, float max_z, int bucket, float floor_z,
+                                std::vector<float>* out) {
+  double total = 0.0;
+  int64_t block = 0;
+  for (const Range& r : ranges) {
+    double range_mass = 0.0;
+    for (int64_t start = r.lo; start < r.hi; start += kBlock, ++block) {
+      const float m = block_max[block];
+      if (m < floor_z || bucket_of(m, max_z) > bucket) continue;
+      range_mass = collect_bucket(z + start, std::min(kBlock, r.hi - start), max_z, bucket,
+                                  floor_z, out, range_mass);
+    }
+    total += range_mass;
+  }
+  return total;
+}
+
 struct RowScratch {
   std::vector<float> z;               // [vocab] processed logits
   std::vector<int64_t> history;       // sorted copy of the row's history
@@ -353,6 +386,7 @@ struct RowScratch {
   std::vector<double> bucket_mass;    // [kBuckets + 1]
   std::vector<float> candidates;      // z values of one boundary bucket
   std::vector<double> block_sums;     // mass of each kBlock slice of the kept set
+  std::vector<float> block_max;       // max z of each kBlock slice (ranges in order)
   float slice[kBlock];                // one converted slice of the raw row
   float slice_b[kBlock];              // the second row's, when raw statistics run two rows at once
 };
@@ -432,7 +466,7 @@ float kth_largest(const float* z, const std::vector<Range>& ranges, float max_z,
     above += s.bucket_count[b];
   }
   s.candidates.clear();
-  for (const Range& r : ranges) collect_bucket(z + r.lo, r.hi - r.lo, max_z, b, -kInf, &s.candidates);
+  collect_bucket_in_ranges(z, ranges, s.block_max.data(), max_z, b, -kInf, &s.candidates);
   const int64_t rank = k - above - 1;  // 0-based rank inside the bucket, descending
   std::nth_element(s.candidates.begin(), s.candidates.begin() + rank, s.candidates.end(),
                    std::greater<float>());
@@ -449,9 +483,8 @@ float top_p_threshold(const float* z, const std::vector<Range>& ranges, float ma
   double partial_floor_mass = 0.0;
   if (floor_bucket <= kBuckets) {
     s.candidates.clear();
-    for (const Range& r : ranges)
-      partial_floor_mass +=
-          collect_bucket(z + r.lo, r.hi - r.lo, max_z, floor_bucket, floor_z, &s.candidates);
+    partial_floor_mass = collect_bucket_in_ranges(z, ranges, s.block_max.data(), max_z,
+                                                  floor_bucket, floor_z, &s.candidates);
   }
   auto mass_of = [&](int b) {
     if (b < floor_bucket) return s.bucket_mass[b];
@@ -469,7 +502,7 @@ float top_p_threshold(const float* z, const std::vector<Range>& ranges, float ma
   // The floor bucket's survivors are already in s.candidates when b is that bucket.
   if (b != floor_bucket) {
     s.candidates.clear();
-    for (const Range& r : ranges) collect_bucket(z + r.lo, r.hi - r.lo, max_z, b, floor_z, &s.candidates);
+    collect_bucket_in_ranges(z, ranges, s.block_max.data(), max_z, b, floor_z, &s.candidates);
   }
   std::sort(s.candidates.begin(), s.candidates.end(), std::greater<float>());
   double cumulative = above;
@@ -532,7 +565,13 @@ bool top_k_small_candidates(const float* z, const std::vector<Range>& ranges, fl
   if (probe == kProbes || counts[probe] > kMaxTopKCandidates) return false;
   s.candidates.clear();
   const float cut = max_z - kProbeGaps[probe];
-  for (const Range& r : ranges) collect_at_least(z + r.lo, r.hi - r.lo, cut, &s.candidates);
+  int64_t block = 0;
+  for (const Range& r : ranges) {
+    for (int64_t start = r.lo; start < r.hi; start += kBlock, ++block) {
+      if (s.block_max[block] < cut) continue;  // nothing in this slice reaches the cut
+      collect_at_least(z + start, std::min(kBlock, r.hi - start), cut, &s.candidates);
+    }
+  }
   std::sort(s.candidates.begin(), s.candidates.end(), std::greater<float>());
   *kth = s.candidates[k - 1];
   return true;
@@ -581,10 +620,11 @@ bool params_valid(float t, int64_t k, float p, float min_p, float rep, float pre
          rep > 0.0f && std::isfinite(pres) && std::isfinite(freq);
 }
 
-// Processes row `row` of processed logits already in s.z (penalties applied).
+// Processes row `row` of processed logits already in s.z (penalties applied). With
+// `divided_max` set, z is already divided by the temperature and that is its max.
 RowResult sample_processed_row(const SampleTokensArgs& a, int64_t row,
                                const std::vector<Range>& ranges, const RawRow& raw,
-                               RowScratch& s) {
+                               RowScratch& s, const float* divided_max) {
   RowResult out;
   float* z = s.z.data();
   const float temperature = a.temperature[row];
@@ -599,10 +639,14 @@ RowResult sample_processed_row(const SampleTokensArgs& a, int64_t row,
     return out;
   }
 
-  float max_z = -kInf;
-  int64_t n_allowed = 0;
+  float max_z = divided_max ? *divided_max : -kInf;
+  int64_t n_allowed = 0, n_blocks = 0;
   for (const Range& r : ranges) {
-    max_z = std::max(max_z, divide_and_max(z + r.lo, r.hi - r.lo, temperature));
+    if (!divided_max) {
+      max_z = std::max(max_z, divide_and_max(z + r.lo, r.hi - r.lo, temperature, z + r.lo,
+                                             s.block_max.data() + n_blocks));
+    }
+    n_blocks += (r.hi - r.lo + kBlock - 1) / kBlock;
     n_allowed += r.hi - r.lo;
   }
   // z = +inf (a finite logit over a tiny temperature), or every z -inf: nothing to draw.
@@ -658,7 +702,10 @@ RowResult sample_processed_row(const SampleTokensArgs& a, int64_t row,
   double total = 0.0;
   for (const Range& r : ranges) {
     for (int64_t start = r.lo; start < r.hi; start += kBlock) {
-      const double block = kept_mass(z + start, std::min(kBlock, r.hi - start), tau, max_z);
+      // A slice whose max is below tau keeps nothing: kept_mass would return +0.0.
+      const double block = s.block_max[s.block_sums.size()] < tau
+                               ? 0.0
+                               : kept_mass(z + start, std::min(kBlock, r.hi - start), tau, max_z);
       s.block_sums.push_back(block);
       total += block;
     }
@@ -735,7 +782,23 @@ void sample_row(const SampleTokensArgs& a, int64_t row, const RawStats* precompu
   if (raw.has_bad) { a.out_status[row] = kSampleNonFiniteLogit; return; }
   if (raw.max == -kInf) { a.out_status[row] = kSampleNoFiniteLogit; return; }
   const double raw_lse = raw.max + std::log(raw.sum_exp);
-  for (const Range& r : ranges) copy_as_float(x + r.lo, r.hi - r.lo, z + r.lo);
+  // Without penalties nothing happens between the copy and the temperature: one pass.
+  const bool fuse_divide = temperature > 0.0f && a.repetition_penalty[row] == 1.0f &&
+                           a.presence_penalty[row] == 0.0f && a.frequency_penalty[row] == 0.0f;
+  float divided_max = -kInf;
+  int64_t n_blocks = 0;
+  for (const Range& r : ranges) n_blocks += (r.hi - r.lo + kBlock - 1) / kBlock;
+  if (static_cast<int64_t>(s.block_max.size()) < n_blocks) s.block_max.resize(n_blocks);
+  float* block_max = s.block_max.data();
+  for (const Range& r : ranges) {
+    if (fuse_divide) {
+      divided_max = std::max(divided_max, divide_and_max(x + r.lo, r.hi - r.lo, temperature,
+                                                         z + r.lo, block_max));
+      block_max += (r.hi - r.lo + kBlock - 1) / kBlock;
+    } else {
+      copy_as_float(x + r.lo, r.hi - r.lo, z + r.lo);
+    }
+  }
 
   const int32_t penalty_status =
       apply_penalties(z, a.vocab, ranges, a.history ? a.history + row * a.history_len : nullptr,
@@ -746,7 +809,8 @@ void sample_row(const SampleTokensArgs& a, int64_t row, const RawStats* precompu
     return;
   }
   const RowResult result =
-      sample_processed_row(a, row, ranges, RawRow{x, &any_allowed_finite<T>}, s);
+      sample_processed_row(a, row, ranges, RawRow{x, &any_allowed_finite<T>}, s,
+                           fuse_divide ? &divided_max : nullptr);
   a.out_status[row] = result.status;
   if (result.status != kSampleOk) return;
   a.out_ids[row] = result.id;
