@@ -34,7 +34,7 @@ def test_cpp_benchmark_builds_and_runs(tmp_path):
     ]
     subprocess.run(configure, check=True, capture_output=True, timeout=300)
     results = {
-        "wavalign_bench_sampling": r"RESULT ns_per_row=\d+ GBps=",
+        "wavalign_bench_sampling": r"RESULT ns_per_row=\d+ GBps=.* lse_ratio=\d+\.\d+ unmasked_top_p_lse_ratio=\d+\.\d+",
         "wavalign_bench_interleave": r"RESULT ratio=\d+\.\d+ ns_per_row_step=",
         "wavalign_bench_group_stats": r"RESULT ratio=\d+\.\d+ ns_per_group=",
     }
