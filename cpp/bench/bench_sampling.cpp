@@ -58,7 +58,12 @@ WAVALIGN_SIMD_CLONES_512 double row_logsumexp(const float* row, int64_t n) {
     const simd::f16 shift = simd::splat16(best);
     simd::f16 acc = {};
     i = 0;
-    for (; i + 16 <= len; i += 16) acc += simd::exp_nonpositive(simd::load16(x + i) - shift);
+    // The next slice is prefetched while these exps run, as the sampler does, so the read
+    // of memory overlaps the compute.
+    for (; i + 16 <= len; i += 16) {
+      if (start + kSlice + i < n) __builtin_prefetch(x + kSlice + i);
+      acc += simd::exp_nonpositive(simd::load16(x + i) - shift);
+    }
     double sum = 0.0;
     for (int l = 0; l < 16; ++l) sum += acc[l];
     for (; i < len; ++i) sum += simd::exp_nonpositive(x[i] - best);
