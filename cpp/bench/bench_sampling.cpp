@@ -55,6 +55,7 @@ WAVALIGN_SIMD_CLONES_512 double row_logsumexp(const float* row, int64_t n) {
     for (; i + 8 <= len; i += 8) best_v = simd::vmax(simd::load(x + i), best_v);
     float best = simd::hmax(best_v);
     for (; i < len; ++i) best = x[i] > best ? x[i] : best;
+    if (best == -simd::kInf) continue;  // an all -inf slice adds nothing (and -inf - -inf is NaN)
     const simd::f16 shift = simd::splat16(best);
     simd::f16 acc = {};
     i = 0;

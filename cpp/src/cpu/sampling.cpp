@@ -281,7 +281,7 @@ inline int bucket_of(float z, float max_z) {
 }
 
 // Adds one slice to the bucket histogram (count and mass per bucket). Bucket ids and
-// masses are computed eight at a time; only the scatter is scalar. Top-p alone needs no
+// masses are computed sixteen at a time (eight for a remainder); only the scatter is scalar. Top-p alone needs no
 // counts (only top-k reads them): with kCounts false they are not kept.
 template <bool kCounts>
 WAVALIGN_SIMD_CLONES_512 void add_to_histogram(const float* z, int64_t n, float max_z,
@@ -358,8 +358,8 @@ WAVALIGN_SIMD_CLONES double collect_bucket(const float* z, int64_t n, float max_
 }
 
 // collect_bucket over a row's allowed ranges, skipping the kBlock slices whose max is below
-// floor_z or outside the bucket from above (every z of the slice then lies in a deeper
-// bucket: bucket_of only grows as z falls). Returns the mass summed per range, then over
+// floor_z or whose max already lies in a deeper bucket (then so does every z of the slice:
+// bucket_of only grows as z falls). Returns the mass summed per range, then over
 // ranges, as one collect_bucket call per range would.
 double collect_bucket_in_ranges(const float* z, const std::vector<Range>& ranges,
                                 const float* block_max, float max_z, int bucket, float floor_z,
@@ -621,7 +621,11 @@ bool params_valid(float t, int64_t k, float p, float min_p, float rep, float pre
 }
 
 // Processes row `row` of processed logits already in s.z (penalties applied). With
-// `divided_max` set, z is already divided by the temperature and that is its max.
+// `divided_max` set, z is already divided by the temperature, that is its max, and
+// s.block_max holds each slice's max; without it, this divides z and fills s.block_max,
+// which the caller has sized. Slices: each range from r.lo in kBlock steps, ranges in order
+// (the numbering of s.block_max and s.block_sums). A zero max may come out as -0 or +0
+// depending on which slice holds it; every use below treats the two alike.
 RowResult sample_processed_row(const SampleTokensArgs& a, int64_t row,
                                const std::vector<Range>& ranges, const RawRow& raw,
                                RowScratch& s, const float* divided_max) {

@@ -1,7 +1,8 @@
-// Eight-wide float helpers on GCC/Clang vector extensions. They compile to SSE2 on any
-// x86-64 and to AVX2 inside functions marked WAVALIGN_SIMD_CLONES; scalar and vector
-// versions perform the same operations in the same order (and the build disables FMA
-// contraction), so they round identically.
+// Eight- and sixteen-wide float helpers on GCC/Clang vector extensions. They compile to
+// SSE2 on any x86-64, to AVX2 inside functions marked WAVALIGN_SIMD_CLONES and to AVX-512
+// inside the avx512f clone of WAVALIGN_SIMD_CLONES_512; scalar and vector versions perform
+// the same operations in the same order (and the build disables FMA contraction), so every
+// clone rounds identically.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -30,8 +31,9 @@ typedef float f8 __attribute__((vector_size(32)));
 typedef int32_t i8 __attribute__((vector_size(32)));
 typedef uint32_t u8 __attribute__((vector_size(32)));
 typedef uint16_t u16x8 __attribute__((vector_size(16)));
-// Sixteen lanes: two rows side by side (lanes 0-7 one row, 8-15 the other), each row's
-// lanes doing exactly what the eight-wide code does, so each row rounds as it would alone.
+// Sixteen lanes: two eight-lane vectors side by side, either two rows (lanes 0-7 one row,
+// 8-15 the other) or sixteen consecutive ids of one row. Each lane does exactly what the
+// eight-wide code does to it, so results round as the eight-wide code's.
 typedef float f16 __attribute__((vector_size(64)));
 typedef int32_t i16 __attribute__((vector_size(64)));
 
