@@ -9,7 +9,6 @@
 // Build:  cmake -S . -B build/bench -DWAVALIGN_BUILD_BENCH=ON -DWAVALIGN_BUILD_PYTHON=OFF
 //         cmake --build build/bench -j2 && ./build/bench/wavalign_bench_group_stats [--quick]
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -21,33 +20,15 @@
 #include "wavalign/group_stats.h"
 #include "wavalign/sampling.h"  // get_num_threads
 #include "wavalign/thread_pool.h"
+#include "bench_common.h"
 
-using Clock = std::chrono::steady_clock;
 using namespace wavalign;
+using bench::median;
+using bench::seconds_per_call;
 
 namespace {
 
 constexpr int64_t kGroupsPerBlock = 256;  // group_stats_cpu's min_items_per_thread
-
-template <typename Fn>
-double seconds_per_call(Fn&& fn, double min_seconds) {
-  fn();  // warm-up
-  int calls = 0;
-  const auto start = Clock::now();
-  double elapsed = 0.0;
-  do {
-    fn();
-    ++calls;
-    elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-  } while (elapsed < min_seconds || calls < 3);
-  return elapsed / calls;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 const char* mode_name(int32_t m) {
   return m == kAdvantageGrpo ? "grpo" : m == kAdvantageDrGrpo ? "dr_grpo" : "rloo";

@@ -23,9 +23,11 @@
 #include "wavalign/interleave.h"
 #include "wavalign/sampling.h"  // get_num_threads
 #include "wavalign/thread_pool.h"
+#include "bench_common.h"
 
 using Clock = std::chrono::steady_clock;
 using namespace wavalign;
+using bench::median;
 
 namespace {
 
@@ -44,12 +46,6 @@ const char* schedule_name(int32_t s) {
     case kScheduleFree: return "free";
     default: return "ratio";
   }
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 struct State {

@@ -9,7 +9,6 @@
 // Build:  cmake -S . -B build/bench -DWAVALIGN_BUILD_BENCH=ON -DWAVALIGN_BUILD_PYTHON=OFF
 //         cmake --build build/bench -j2 && ./build/bench/wavalign_bench_sampling [--quick]
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -20,25 +19,13 @@
 #include "../src/cpu/simd.h"
 #include "wavalign/sampling.h"
 #include "wavalign/thread_pool.h"
+#include "bench_common.h"
 
-using Clock = std::chrono::steady_clock;
 using namespace wavalign;
+using bench::median;
+using bench::seconds_per_call;
 
 namespace {
-
-template <typename Fn>
-double seconds_per_call(Fn&& fn, double min_seconds) {
-  fn();  // warm-up
-  int calls = 0;
-  const auto start = Clock::now();
-  double elapsed = 0.0;
-  do {
-    fn();
-    ++calls;
-    elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-  } while (elapsed < min_seconds || calls < 3);
-  return elapsed / calls;
-}
 
 // log(sum_i exp(row_i)), one 1024-logit slice at a time while it is in L1: the slice's
 // max, then its exps (simd::exp_nonpositive on sixteen lanes, as the sampler's raw
@@ -76,12 +63,6 @@ WAVALIGN_SIMD_CLONES_512 double row_logsumexp(const float* row, int64_t n) {
     }
   }
   return row_max + std::log(row_sum);
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 struct Config {

@@ -31,7 +31,7 @@ const char* dtype_name(DType dtype) {
 namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
-constexpr int64_t kBlock = 1024;    // elements per block in the draw pass
+constexpr int64_t kBlock = 1024;    // ids per block (slice): raw statistics, histogram chunks, the draw
 
 // Histogram used to find top-k / top-p thresholds without sorting: bucket by distance
 // below the max, d = m - z, in kBucketsPerNat-wide slices up to kHistNats; everything
@@ -47,6 +47,10 @@ using simd::kWidth;
 struct Range {
   int64_t lo, hi;
 };
+
+// kBlock slices of a range [lo, hi): the unit of RowScratch::block_max and block_sums,
+// numbered over a row's ranges in order, each range's from its lo.
+inline int64_t slice_count(const Range& r) { return (r.hi - r.lo + kBlock - 1) / kBlock; }
 
 struct Bf16 { uint16_t bits; };
 struct Fp16 { uint16_t bits; };
@@ -162,8 +166,7 @@ WAVALIGN_SIMD_CLONES_512 bool raw_row_stats_pair(const T* src_a, const T* src_b,
       best_b = simd::vmax(vb, best_b);
     }
     float max_a = simd::hmax(best_a), max_b = simd::hmax(best_b);
-    bool bad = false;
-    bad |= simd::any_lane(bad_v);
+    bool bad = simd::any_lane(bad_v);
     for (int64_t t = i; t < len; ++t) {
       const float x = load_as_float(block_a, t), y = load_as_float(block_b, t);
       slice_a[t] = x;
@@ -281,8 +284,9 @@ inline int bucket_of(float z, float max_z) {
 }
 
 // Adds one slice to the bucket histogram (count and mass per bucket). Bucket ids and
-// masses are computed sixteen at a time (eight for a remainder); only the scatter is scalar. Top-p alone needs no
-// counts (only top-k reads them): with kCounts false they are not kept.
+// masses are computed sixteen at a time (eight for a remainder); only the scatter is
+// scalar. Top-p alone needs no counts (only top-k reads them): with kCounts false they
+// are not kept.
 template <bool kCounts>
 WAVALIGN_SIMD_CLONES_512 void add_to_histogram(const float* z, int64_t n, float max_z,
                                            int32_t* count, double* mass) {
@@ -650,7 +654,7 @@ RowResult sample_processed_row(const SampleTokensArgs& a, int64_t row,
       max_z = std::max(max_z, divide_and_max(z + r.lo, r.hi - r.lo, temperature, z + r.lo,
                                              s.block_max.data() + n_blocks));
     }
-    n_blocks += (r.hi - r.lo + kBlock - 1) / kBlock;
+    n_blocks += slice_count(r);
     n_allowed += r.hi - r.lo;
   }
   // z = +inf (a finite logit over a tiny temperature), or every z -inf: nothing to draw.
@@ -704,10 +708,11 @@ RowResult sample_processed_row(const SampleTokensArgs& a, int64_t row,
   // Mass of the kept set, per block, in ascending id order.
   s.block_sums.clear();
   double total = 0.0;
+  int64_t slice = 0;
   for (const Range& r : ranges) {
-    for (int64_t start = r.lo; start < r.hi; start += kBlock) {
+    for (int64_t start = r.lo; start < r.hi; start += kBlock, ++slice) {
       // A slice whose max is below tau keeps nothing: kept_mass would return +0.0.
-      const double block = s.block_max[s.block_sums.size()] < tau
+      const double block = s.block_max[slice] < tau
                                ? 0.0
                                : kept_mass(z + start, std::min(kBlock, r.hi - start), tau, max_z);
       s.block_sums.push_back(block);
@@ -791,14 +796,14 @@ void sample_row(const SampleTokensArgs& a, int64_t row, const RawStats* precompu
                            a.presence_penalty[row] == 0.0f && a.frequency_penalty[row] == 0.0f;
   float divided_max = -kInf;
   int64_t n_blocks = 0;
-  for (const Range& r : ranges) n_blocks += (r.hi - r.lo + kBlock - 1) / kBlock;
+  for (const Range& r : ranges) n_blocks += slice_count(r);
   if (static_cast<int64_t>(s.block_max.size()) < n_blocks) s.block_max.resize(n_blocks);
   float* block_max = s.block_max.data();
   for (const Range& r : ranges) {
     if (fuse_divide) {
       divided_max = std::max(divided_max, divide_and_max(x + r.lo, r.hi - r.lo, temperature,
                                                          z + r.lo, block_max));
-      block_max += (r.hi - r.lo + kBlock - 1) / kBlock;
+      block_max += slice_count(r);
     } else {
       copy_as_float(x + r.lo, r.hi - r.lo, z + r.lo);
     }
