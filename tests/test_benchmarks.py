@@ -90,6 +90,21 @@ def test_rollout_benchmark_small_run_prints_result():
 
 
 @pytest.mark.slow
+def test_decode_compile_benchmark_runs_and_compiled_logits_stay_close():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_decode_compile.py"), "--model", "random", "--quick",
+         "--rows", "4", "--new-tokens", "8", "--repeats", "1", "--min-time", "0.01"],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = proc.stdout.strip().splitlines()[-1]
+    match = re.match(r"RESULT compiled_over_eager=\d+\.\d+ whole_buffers_over_eager=\d+\.\d+ eager_ms=.* "
+                     r"max_abs_diff=(\S+)$", result)
+    assert match, result
+    assert float(match.group(1)) < 1e-4  # compiled only re-rounds; a wrong cache write would show here
+
+
+@pytest.mark.slow
 def test_judge_benchmark_quick_prints_result():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_judge.py"), "--requests", "8",
                            "--latency", "0.01"], capture_output=True, text=True, timeout=120)

@@ -113,6 +113,33 @@ def test_settings_that_change_transformers_attention_are_refused(monkeypatch):
     assert "rope_type 'longrope'" in unsupported_reason(model)
 
 
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_forward_on_per_layer_buffers_equals_the_stacked_buffers(kv_heads):
+    # bench_decode_compile.py hands forward a list of per-layer buffers and a tensor slot
+    # (what a compiled step updates in place); logits and the written cache must be the same.
+    model = model_of("llama", kv_heads=kv_heads)
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+    with torch.no_grad():
+        _, cache_a, mask, position = prefill(model, prompts)
+        _, cache_b, _, _ = prefill(model, prompts)
+        stacked = StaticDecoder(model, cache_a, mask, mask.shape[1] + 4)
+        layered = StaticDecoder(model, cache_b, mask, mask.shape[1] + 4)
+        keys, values = list(layered.keys), list(layered.values)  # views of layered's buffers
+        attend = stacked.valid[:, None, None, :]
+        for step in range(3):
+            slot = mask.shape[1] + step
+            stacked.valid[:, slot] = True
+            ids = torch.tensor([4 + step, 20, 33])
+            a = stacked.forward(ids, position + 1 + step, slot, stacked.keys, stacked.values,
+                                attend[..., :slot + 1], slot + 1)
+            b = layered.forward(ids, position + 1 + step, torch.tensor([slot]), keys, values,
+                                attend[..., :slot + 1], slot + 1)
+            assert torch.equal(a, b), f"step {step}"
+        filled = slice(0, mask.shape[1] + 3)  # the slots beyond were never written (allocated uninitialised)
+        assert torch.equal(stacked.keys[..., filled, :], layered.keys[..., filled, :])
+        assert torch.equal(stacked.values[..., filled, :], layered.values[..., filled, :])
+
+
 def test_the_cache_refuses_to_overflow():
     model = model_of("llama", kv_heads=4)
     with torch.no_grad():

@@ -141,8 +141,11 @@ class StaticDecoder:
     def forward(self, ids, positions, slot, keys, values, attend, length):
         """One decode step: write slot `slot` (an int, or a [1] device tensor for graph
         capture), attend over slots [0, length) (None: all) under `attend` ([rows, 1, 1,
-        slots] bool, or None for all). The layer code follows transformers' LlamaDecoderLayer /
-        LlamaAttention / sdpa_attention_forward line for line."""
+        slots] bool, or None for all). keys/values: [layers, rows, kv heads, capacity, D],
+        or a list of each layer's [rows, kv heads, capacity, D] (what a `torch.compile`d
+        step needs to update the buffers in place; benchmarks/bench_decode_compile.py).
+        The layer code follows transformers' LlamaDecoderLayer / LlamaAttention /
+        sdpa_attention_forward line for line."""
         inner = self.inner
         rows, head_dim = ids.shape[0], self.head_dim
         hidden = inner.embed_tokens(ids[:, None])  # [rows, 1, hidden]
@@ -157,13 +160,14 @@ class StaticDecoder:
             value = attention.v_proj(hidden).view(rows, 1, -1, head_dim).transpose(1, 2)
             query = (query * cos) + (_rotate_half(query) * sin)
             key = (key * cos) + (_rotate_half(key) * sin)
+            layer_keys, layer_values = keys[index], values[index]  # [rows, kv heads, capacity, D]
             if isinstance(slot, torch.Tensor):
-                keys[index].index_copy_(2, slot, key)
-                values[index].index_copy_(2, slot, value)
+                layer_keys.index_copy_(2, slot, key)
+                layer_values.index_copy_(2, slot, value)
             else:
-                keys[index, :, :, slot:slot + 1] = key
-                values[index, :, :, slot:slot + 1] = value
-            out = _attend(attention, query, keys[index, :, :, :length], values[index, :, :, :length], attend)
+                layer_keys[:, :, slot:slot + 1] = key
+                layer_values[:, :, slot:slot + 1] = value
+            out = _attend(attention, query, layer_keys[:, :, :length], layer_values[:, :, :length], attend)
             hidden = residual + attention.o_proj(out)
             residual = hidden
             hidden = residual + layer.mlp(layer.post_attention_layernorm(hidden))
