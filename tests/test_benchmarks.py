@@ -45,6 +45,8 @@ def test_cpp_benchmark_builds_and_runs(tmp_path):
     for name, result in results.items():
         binary = build / name
         assert subprocess.run([str(binary), "--help"], capture_output=True, timeout=30).returncode == 0
+        typo = subprocess.run([str(binary), "--quik"], capture_output=True, text=True, timeout=30)
+        assert typo.returncode == 2 and "unknown argument '--quik'" in typo.stderr  # not run as a full run
         proc = subprocess.run([str(binary), "--quick"], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, (name, proc.stderr)
         assert re.match(result, proc.stdout.strip().splitlines()[-1]), (name, proc.stdout)

@@ -2,6 +2,9 @@
 #pragma once
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 namespace wavalign::bench {
@@ -27,6 +30,24 @@ inline double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const size_t n = v.size();
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// The benchmarks' one option: returns whether --quick was given; --help prints the usage
+// and exits 0; any other argument is an error (exit 2), so a typo is not run as a full run.
+inline bool parse_quick_flag(int argc, char** argv, const char* program) {
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--quick") == 0) {
+      quick = true;
+    } else if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
+      std::printf("usage: %s [--quick]\n", program);
+      std::exit(0);
+    } else {
+      std::fprintf(stderr, "%s: unknown argument '%s' (usage: %s [--quick])\n", program, argv[i], program);
+      std::exit(2);
+    }
+  }
+  return quick;
 }
 
 }  // namespace wavalign::bench

@@ -12,7 +12,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -24,6 +23,7 @@
 
 using namespace wavalign;
 using bench::median;
+using bench::parse_quick_flag;
 using bench::seconds_per_call;
 
 namespace {
@@ -132,14 +132,7 @@ Result run_config(const Config& c, double min_seconds, int repeats) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--quick") == 0) quick = true;
-    else if (std::strcmp(argv[i], "--help") == 0) {
-      std::printf("usage: wavalign_bench_group_stats [--quick]\n");
-      return 0;
-    }
-  }
+  const bool quick = parse_quick_flag(argc, argv, "wavalign_bench_group_stats");
   const double min_seconds = quick ? 0.05 : 0.3;
   const int repeats = quick ? 3 : 5;
   std::vector<Config> configs;

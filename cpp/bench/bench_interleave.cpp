@@ -15,7 +15,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -28,6 +27,7 @@
 using Clock = std::chrono::steady_clock;
 using namespace wavalign;
 using bench::median;
+using bench::parse_quick_flag;
 
 namespace {
 
@@ -273,14 +273,7 @@ Result run_config(int32_t schedule, int64_t n, int64_t steps, double min_seconds
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--quick") == 0) quick = true;
-    else if (std::strcmp(argv[i], "--help") == 0) {
-      std::printf("usage: wavalign_bench_interleave [--quick]\n");
-      return 0;
-    }
-  }
+  const bool quick = parse_quick_flag(argc, argv, "wavalign_bench_interleave");
   const double min_seconds = quick ? 0.05 : 0.3;
   const int repeats = quick ? 3 : 5;
   const int64_t steps = quick ? 64 : 128;

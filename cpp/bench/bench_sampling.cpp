@@ -23,6 +23,7 @@
 
 using namespace wavalign;
 using bench::median;
+using bench::parse_quick_flag;
 using bench::seconds_per_call;
 
 namespace {
@@ -121,14 +122,7 @@ double run_config(const Config& c, const std::vector<float>& logits, double min_
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--quick") == 0) quick = true;
-    else if (std::strcmp(argv[i], "--help") == 0) {
-      std::printf("usage: wavalign_bench_sampling [--quick]\n");
-      return 0;
-    }
-  }
+  const bool quick = parse_quick_flag(argc, argv, "wavalign_bench_sampling");
   const double min_seconds = quick ? 0.1 : 0.3;  // per measurement, per repeat
   const int repeats = quick ? 3 : 5;
   std::vector<Config> configs;
