@@ -6,8 +6,6 @@ import io
 import json
 import logging
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ import torch
 
 from wavalign.codecs import build_codec
 from wavalign.codecs.fake_codec_server import CodecServer, tones
+from wavalign.loopback import LoopbackServer, QuietHandler
 from wavalign.rewards import Completion, HttpJudge, JudgeConfig
 from wavalign.rewards.completions import make_completions
 from wavalign.rewards.http_judge import PROMPTS
@@ -23,40 +22,23 @@ from wavalign.train.config import RewardComponent, RewardsConfig
 from wavalign.train.rewards import build_reward
 
 
-class RecordingJudge:
+class RecordingJudge(LoopbackServer):
     """A loopback judge that keeps every request payload and answers <score>4</score>."""
 
     def __init__(self):
         self.payloads = []
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self):
                 server.payloads.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                body = json.dumps({"choices": [{"message": {"content": "fine <score>4</score>"}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self._reply(200, json.dumps({"choices": [{"message": {"content": "fine <score>4</score>"}}]}))
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     @property
     def url(self):
-        host, port = self.httpd.server_address
-        return f"http://{host}:{port}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return f"{self.base_url}/v1"
 
     def heard(self, index=-1):
         """(waveform, rate) of the WAV in a request, read back with soundfile; None if none."""

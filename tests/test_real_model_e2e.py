@@ -11,14 +11,14 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
 import torch
+
+from wavalign.loopback import LoopbackServer, QuietHandler
 
 N_TEXT, N_UNITS = 151_688, 16_384  # Qwen2.5's text ids + GLM-4-Voice's units = 168,072
 FRAME, RATE, JUDGE_RATE = 320, 16_000, 24_000  # the codec: one unit per 20 ms at 16 kHz
@@ -130,7 +130,7 @@ def data(tmp_path_factory):
     return root
 
 
-class WavCheckingJudge:
+class WavCheckingJudge(LoopbackServer):
     """An OpenAI-compatible loopback judge: every request must hold one input_audio part, a
     16-bit mono WAV at JUDGE_RATE whose length is a whole number of the codec's frames; a
     request that breaks this is recorded and answered 400. Scores follow the transcript."""
@@ -139,30 +139,21 @@ class WavCheckingJudge:
         self.seen, self.problems, self.silent = [], [], 0
         judge = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self):
                 payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 problem, score = judge.check(payload)
                 if problem:
                     judge.problems.append(problem)
-                    self.send_response(400)
-                    self.end_headers()
+                    self._reply(400, problem)
                     return
-                body = json.dumps({"choices": [{"message": {"content": f"ok <score>{score}</score>"}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self._reply(200, json.dumps({"choices": [{"message": {"content": f"ok <score>{score}</score>"}}]}))
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        super().__init__(Handler)
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        return f"{self.base_url}/v1"
 
     def check(self, payload):
         parts = payload["messages"][1]["content"]
@@ -182,16 +173,11 @@ class WavCheckingJudge:
         self.seen.append(info.frames // frames_per_unit)
         return None, 1 + len(text[0]) % 5
 
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
 
 @pytest.fixture
 def judge():
-    server = WavCheckingJudge()
-    yield server
-    server.close()
+    with WavCheckingJudge() as server:
+        yield server
 
 
 def _config_file(tmp_path, vita_like, data, judge_url):

@@ -27,12 +27,12 @@ import hashlib
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import torch
 
 from wavalign.audio_io import read_wav_bytes, resample, wav_bytes
+from wavalign.loopback import LoopbackServer, QuietHandler
 
 FRAME_S = 0.02  # one unit per 20 ms frame
 BASE_HZ = 200.0  # unit u sounds at BASE_HZ + u Hz
@@ -78,11 +78,7 @@ class ToneCodec:
                           self.sample_rate)
 
 
-class _Server(ThreadingHTTPServer):
-    request_queue_size = 256  # bursts of concurrent clients must not wait for a SYN retry
-
-
-class CodecServer:
+class CodecServer(LoopbackServer):
     def __init__(self, sample_rate: int = 16_000):
         self.sample_rate = sample_rate
         self.counts: dict[str, int] = {}  # "MODE/decode" -> requests
@@ -93,22 +89,7 @@ class CodecServer:
         seen_bodies: set[str] = set()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep test output quiet
-                pass
-
-            def _reply(self, status, body, headers=None):
-                data = body.encode() if isinstance(body, str) else body
-                self.send_response(status)
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                try:
-                    self.wfile.write(data)
-                except OSError:  # the client gave up (its timeout or deadline) and closed the connection
-                    self.close_connection = True
-
+        class Handler(QuietHandler):
             def do_POST(self):
                 parts = self.path.strip("/").split("/")
                 if len(parts) != 2 or parts[0] not in MODES or parts[1] not in ("decode", "encode"):
@@ -154,18 +135,7 @@ class CodecServer:
                 answer = {"tokens": units} if mode == "wrong_json" else {"units": units}
                 return self._reply(200, json.dumps(answer), {"Content-Type": "application/json"})
 
-        self.httpd = _Server(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     def url(self, mode: str, op: str) -> str:
-        host, port = self.httpd.server_address
-        return f"http://{host}:{port}/{mode}/{op}"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return f"{self.base_url}/{mode}/{op}"

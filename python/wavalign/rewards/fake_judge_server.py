@@ -14,19 +14,13 @@ import json
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from wavalign.loopback import LoopbackServer, QuietHandler
 
 
 TRICKLE_INTERVAL_S = 0.2  # case:trickle sends its (valid) answer one byte at a time this often
 
 
-class _Server(ThreadingHTTPServer):
-    # The default listen backlog (5) makes bursts of concurrent clients wait for a 1 s SYN
-    # retry; a real judge endpoint would not, so neither does this one.
-    request_queue_size = 256
-
-
-class JudgeServer:
+class JudgeServer(LoopbackServer):
     def __init__(self, latency_s: float = 0.0):
         self.latency_s = latency_s
         self.counts: dict[str, int] = {}
@@ -36,19 +30,7 @@ class JudgeServer:
         self.lock = threading.Lock()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep test output quiet
-                pass
-
-            def _reply(self, status, body, headers=None):
-                data = body.encode() if isinstance(body, str) else body
-                self.send_response(status)
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(QuietHandler):
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 payload = json.loads(self.rfile.read(length))
@@ -119,19 +101,8 @@ class JudgeServer:
                 except OSError:  # the client gave up and closed the connection
                     self.close_connection = True
 
-        self.httpd = _Server(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     @property
     def url(self) -> str:
-        host, port = self.httpd.server_address
-        return f"http://{host}:{port}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return f"{self.base_url}/v1"
