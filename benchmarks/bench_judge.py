@@ -49,15 +49,16 @@ def main() -> None:
         url = urls.get(timeout=60)
         judge = HttpJudge(JudgeConfig(base_url=url, api_key_env=None, concurrency=args.concurrency))
         payloads = [judge._payload(p, c) for p, c in zip(prompts, completions)]
-        serial_runs, judge_runs = [], []
+        serial_runs, judge_runs, judge_cpu = [], [], []
         for _ in range(max(1, args.repeats)):  # alternate the two, so load changes hit both
             start = time.perf_counter()
             with httpx.Client(timeout=30) as client:  # the serial loop users write today
                 serial_ok = sum(client.post(url + "/chat/completions", json=p).status_code == 200 for p in payloads)
             serial_runs.append(time.perf_counter() - start)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             scores = judge(prompts, completions)  # each call opens its own session, as a training step does
             judge_runs.append(time.perf_counter() - start)
+            judge_cpu.append(time.process_time() - start_cpu)  # this client's own CPU, all its threads
         serial, concurrent = statistics.median(serial_runs), statistics.median(judge_runs)
     finally:
         stop.set()
@@ -66,6 +67,8 @@ def main() -> None:
     print(f"# {n} requests, server latency {args.latency * 1e3:.0f} ms, concurrency {args.concurrency}, "
           f"median of {len(judge_runs)} runs each")
     print(f"serial loop: {serial:.2f} s ({serial_ok}/{n} ok)   HttpJudge: {concurrent:.2f} s ({scored}/{n} scored)")
+    print(f"# HttpJudge: {statistics.median(judge_cpu) * 1e3:.0f} ms of client CPU per batch "
+          f"(the ideal wall time is one latency, {args.latency * 1e3:.0f} ms)")
     print(f"RESULT ratio={serial / concurrent:.1f} serial_s={serial:.3f} judge_s={concurrent:.3f} "
           f"requests={n} latency_ms={args.latency * 1e3:.0f}")
 
