@@ -63,7 +63,7 @@ def eager_breakdown(fn, calls: int = 20) -> dict:
             fn()
     parts = {"gemm": 0.0, "attention": 0.0, "other": 0.0}
     for event in prof.key_averages():
-        if event.key in ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear_"):
+        if event.key in ("aten::mm", "aten::addmm", "aten::bmm"):
             part = "gemm"
         elif "scaled_dot_product" in event.key:
             part = "attention"
