@@ -160,3 +160,14 @@ def test_wav_dir_decodes_with_any_codec_and_the_hf_generate_backend(model_dir, t
         assert rate == 16000 and len(audio) == 160 * len(units)
     failed = sum(13 in units for units in spoke.values())
     assert (f"the codec failed to decode {failed} of" in proc.stderr) == bool(failed)
+
+
+def test_loaded_models_keep_hub_kernels_off_and_the_static_cache(model_dir):
+    # transformers >= 5.25 kernelizes by default (fetching kernels from the Hub and swapping
+    # the layers the static cache mirrors); wavalign's loader turns that off.
+    from wavalign.adapters import ModelAdapter
+    from wavalign.rollout.static_decode import unsupported_reason
+
+    model = ModelAdapter().load_model(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    assert not getattr(model, "use_kernels", False)
+    assert unsupported_reason(model) is None

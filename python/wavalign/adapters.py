@@ -32,6 +32,22 @@ from wavalign.imports import import_object
 ExtraInputs = dict[str, torch.Tensor]  # forward keyword -> tensor with batch dim 1
 
 
+def without_hub_kernels(options: dict) -> dict:
+    """`options` for `from_pretrained` with transformers' hub kernels off.
+
+    transformers 5.25 turned them on by default (`use_kernels=None` means True once the
+    `kernels` package, now one of its dependencies, is installed): loading then fetches kernels
+    from the Hugging Face Hub and swaps the layers wavalign's static KV cache reproduces, which
+    sends every rollout to the slower dynamic cache. wavalign downloads nothing at run time, so
+    they stay off unless the caller passes `use_kernels` itself (older transformers default to off).
+    """
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        options = {"use_kernels": False, **options}
+    return options
+
+
 class ModelAdapter:
     """The default adapter: any Hugging Face causal LM from a local directory, ids only."""
 
@@ -43,7 +59,7 @@ class ModelAdapter:
         if attn_implementation is not None:
             options["attn_implementation"] = attn_implementation
         try:
-            return AutoModelForCausalLM.from_pretrained(str(path), **options)
+            return AutoModelForCausalLM.from_pretrained(str(path), **without_hub_kernels(options))
         except ValueError as error:
             if not trust_remote_code and "trust_remote_code" in str(error):
                 raise ValueError(f"{path}: this model ships its own modeling code; set model.trust_remote_code=true "

@@ -47,7 +47,10 @@ class HFAudioClassifierReward:
                 raise FileNotFoundError(f"audio classifier directory not found: {path}")
             if feature_extractor is None:
                 feature_extractor = AutoFeatureExtractor.from_pretrained(path, local_files_only=True)
-            model = AutoModelForAudioClassification.from_pretrained(path, local_files_only=True)
+            from wavalign.adapters import without_hub_kernels  # nothing fetched from the Hub
+
+            model = AutoModelForAudioClassification.from_pretrained(path,
+                                                                  **without_hub_kernels({"local_files_only": True}))
         if feature_extractor is None:
             raise ValueError("pass the feature extractor together with a model object")
         if not isinstance(getattr(feature_extractor, "sampling_rate", None), int):

@@ -40,7 +40,10 @@ class HFClassifierReward:
             if not path.is_dir():
                 raise FileNotFoundError(f"classifier directory not found: {path}")
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, local_files_only=True)
-            model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
+            from wavalign.adapters import without_hub_kernels  # nothing fetched from the Hub
+
+            model = AutoModelForSequenceClassification.from_pretrained(path,
+                                                                     **without_hub_kernels({"local_files_only": True}))
         if tokenizer is None:
             raise ValueError("pass the tokenizer together with a model object")
         self.label = label_index(model.config, label)

@@ -144,7 +144,9 @@ def load_adapter_model(model_dir: Path, device: torch.device, dtype: torch.dtype
     peft = _peft()
     model_dir = Path(model_dir)
     base = base_model_path(model_dir)
-    lm = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
+    from wavalign.adapters import without_hub_kernels
+
+    lm = AutoModelForCausalLM.from_pretrained(str(base), **without_hub_kernels({"dtype": dtype}))
     with _quiet():
         return peft.PeftModel.from_pretrained(lm, str(model_dir), is_trainable=trainable).to(device)
 

@@ -61,7 +61,10 @@ class World:
     def load_policy(self, dtype=torch.float32):
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(str(self.policy_path), dtype=dtype).eval()
+        from wavalign.adapters import without_hub_kernels
+
+        return AutoModelForCausalLM.from_pretrained(str(self.policy_path),
+                                                    **without_hub_kernels({"dtype": dtype})).eval()
 
     @property
     def scorer(self) -> WorldScorer:
