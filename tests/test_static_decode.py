@@ -103,6 +103,20 @@ def test_unsupported_models_fall_back_or_fail_clearly():
         RolloutEngine(model_of("llama", kv_heads=4), make_spec(), cuda_graphs=True)
 
 
+def test_an_automatic_fallback_to_the_dynamic_cache_is_reported_once(monkeypatch, caplog):
+    import wavalign.rollout as rollout
+
+    monkeypatch.setattr(rollout, "_reported_refusals", set())
+    eager = model_of("llama", kv_heads=4, attn="eager")
+    with caplog.at_level("WARNING", logger="wavalign.rollout"):
+        for _ in range(3):  # the trainer builds a sampler every step
+            assert not rollout.make_sampler("engine", eager, make_spec()).static_cache
+        rollout.make_sampler("engine", eager, make_spec(), kv_cache="dynamic")  # asked for: nothing to say
+        rollout.make_sampler("engine", model_of("llama", kv_heads=4), make_spec())  # static: nothing to say
+    said = [r.getMessage() for r in caplog.records if "static KV cache cannot run" in r.getMessage()]
+    assert len(said) == 1 and "attn_implementation 'eager'" in said[0], said
+
+
 def test_settings_that_change_transformers_attention_are_refused(monkeypatch):
     model = model_of("llama", kv_heads=2)
     assert unsupported_reason(model) is None

@@ -245,6 +245,7 @@ class RolloutEngine:
         if cuda_graphs and model_device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a model on a CUDA device, this one is on {model_device}")
         self.static_cache = reason is None if static_cache is None else static_cache
+        self.static_cache_refusal = reason  # why the static cache cannot run this model (None: it can)
         self.cuda_graphs = cuda_graphs
         self.adapter = adapter or ModelAdapter()
         self.spec = spec
