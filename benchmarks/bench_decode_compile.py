@@ -1,9 +1,9 @@
 """Benchmark: `torch.compile` of the static decode step against the eager step (CPU).
 
-Issue 20 item 1 asks whether compiling the decode step brings a small model's forward near
-its compute floor. This measures it on the engine's own step, `StaticDecoder.forward` (the
-built-in world's policy by default, 64 rows, one query token per row), in one process, the
-forms alternated and medians taken:
+Does compiling the decode step bring a small model's forward near its compute floor? This
+measures it on the engine's own step, `StaticDecoder.forward` (the built-in world's policy by
+default, 64 rows, one query token per row), in one process, the forms alternated and medians
+taken:
 - eager: the step the engine runs;
 - compiled, whole buffers: `torch.compile(step, dynamic=False)` of the same call. Its cache
   writes go into one [layers, rows, kv heads, slots, D] tensor, and functionalization turns

@@ -1,8 +1,8 @@
 """Benchmark: peak memory of one training step with micro-batches vs the whole batch at once.
 
-One grpo step (wavalign.train.step.hybrid_step) over 64 rollout rows of a random Llama:
+One grpo step (wavalign.train.learn.learn_hybrid) over 64 rollout rows of a random Llama:
 "whole" runs one forward/backward over all 64 rows; "micro" hands optim.micro_batch_size=4
-rows at a time to backward (the gradient is the same, see tests/test_step.py). Each variant
+rows at a time to backward (the gradient is the same, see tests/test_learn.py). Each variant
 runs in its own fresh process, so peak memory is peak resident memory minus resident memory
 once the model and the batch exist (weights, gradients and the batch counted for neither).
 
@@ -32,7 +32,8 @@ def child(variant: str, rows: int, micro: int, length: int, hidden: int, layers:
     from wavalign import ops
     from wavalign.train.config import TrainConfig
     from wavalign.logprobs import ResponseLogprobs, ResponseRows, RowLogprobs
-    from wavalign.train.step import StepBatch, hybrid_step
+    from wavalign.train.collect import StepBatch
+    from wavalign.train.learn import learn_hybrid
 
     torch.manual_seed(0)
     vocab = 2048
@@ -55,9 +56,9 @@ def child(variant: str, rows: int, micro: int, length: int, hidden: int, layers:
 
     def run():
         if variant == "micro":
-            hybrid_step(batch, logprob_fn, None, config, backward=lambda term: term.backward())
+            learn_hybrid(batch, logprob_fn, config, backward=lambda term: term.backward())
         else:
-            loss, _ = hybrid_step(batch, logprob_fn, None, config)
+            loss, _ = learn_hybrid(batch, logprob_fn, config)
             loss.backward()
 
     before = rss_bytes()

@@ -22,7 +22,7 @@ to two floors: weight bytes / measured memory bandwidth, and decode FLOPs / meas
 throughput.
 
 Each workload ends with a line RESULT workload=<...> ratio=<engine / best HF> ...; the last
-line gathers the goals' figures: RESULT ratio=<qwen2: engine / best HF> world_ratio=<world
+line gathers the headline figures: RESULT ratio=<qwen2: engine / best HF> world_ratio=<world
 policy: engine / HF batched> (targets: >= 6 and >= 3).
 
 Usage: python benchmarks/bench_rollout.py [--quick] [--workload qwen2|world|both]
@@ -136,8 +136,8 @@ def describe(model) -> str:
 
 # ---------------------------------------------------------------------- workloads
 def qwen2_workload(prompts_n: int, hidden: int, layers: int) -> Workload:
-    # VITA-Audio's vocabulary, all text then all speech (the figures in RESULTS.md were taken
-    # with this schedule); no EOS: equal token counts for every method
+    # VITA-Audio's vocabulary, all text then all speech (the figures in RESULTS.md use this
+    # schedule); no EOS: equal token counts for every method
     spec = dataclasses.replace(load_preset("vita_audio_balance"), eos=None, schedule=Schedule.sequential())
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=spec.vocab_size, hidden_size=hidden, intermediate_size=hidden * 8 // 3,
@@ -325,7 +325,7 @@ def main() -> None:
         work = qwen2_workload(prompts_n, args.hidden, args.layers) if name == "qwen2" else world_workload(prompts_n)
         work.model.to(device=args.device, dtype=getattr(torch, args.dtype))
         results[name] = bench(work, samples, new_tokens, args.kv_cache, args.cuda_graphs)
-    # The goals' figures in one line: the 77M Qwen2 against the best HF baseline (target >= 6)
+    # The headline figures in one line: the 77M Qwen2 against the best HF baseline (target >= 6)
     # and the world policy against HF batched generate (target >= 3).
     parts = []
     if "qwen2" in results:

@@ -41,7 +41,7 @@ MODES = {
     "min_p0.05": dict(min_p=0.05),
 }
 HEADLINE = (64, 168_072, "top_p0.9", True)
-UNMASKED_TOP_P = (64, 168_072, "top_p0.9", False)  # issue 20's second sampler goal (<= 8x the floor)
+UNMASKED_TOP_P = (64, 168_072, "top_p0.9", False)  # the unmasked top-p target (<= 8x the floor)
 
 
 class RangeMask(LogitsProcessor):

@@ -3,8 +3,8 @@
 1. Scoring: the world's exact assessment of 64 sampled responses (16 train prompts x 4, the
    base policy at T=0.7), a fresh cache each run: WorldScorer.assess_many (native DTW,
    batched, threads) against the named baseline measured in the same run: one response at a
-   time with the recognizer's previous DTW (PyTorch, vectorised over templates, torch.cdist
-   frame distances). Median of --repeats alternating runs.
+   time with a pure-PyTorch DTW (vectorised over templates, torch.cdist frame distances).
+   Median of --repeats alternating runs.
 2. Step: `python -m wavalign.train` steps of the default config (16 prompts x 4 samples), the
    trainer's own time/* metrics averaged over the steps after the first two.
 
@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def cdist_dtw_distances(query, templates, lengths):
-    """The recognizer's DTW before the native op (kept here as the baseline): query [Tq, C],
+    """The baseline DTW the native op is measured against, in PyTorch: query [Tq, C],
     templates [K, Tmax, C] -> [K] path cost / Tq, one cost-matrix row per step, vectorised over
     templates, frame distances by torch.cdist."""
     import torch
@@ -48,7 +48,7 @@ def cdist_dtw_distances(query, templates, lengths):
 
 
 def baseline_assess(scorer, text, units, answer, style):
-    """One response at a time, recognised by the previous (cdist) DTW: the world before."""
+    """One response at a time, recognised by the baseline (cdist) DTW."""
     import torch
 
     from wavalign.world.audio import analyze
@@ -121,7 +121,7 @@ def main() -> None:
     world = World(build_world(WorldConfig.named(args.world), progress=False))
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")
     native, twin, n = bench_scoring(world, repeats)
-    print(f"scoring {n} responses: native batched {native:.3f} s, previous PyTorch DTW one at a time {twin:.3f} s "
+    print(f"scoring {n} responses: native batched {native:.3f} s, PyTorch DTW one at a time {twin:.3f} s "
           f"({twin / native:.2f}x)")
     times = bench_steps(steps, args.world, args.overrides)
     print(f"training step ({steps} steps, first two dropped): " + ", ".join(f"{k[5:]} {v:.3f} s" for k, v in times.items()))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared GPU check (issue 20 item 8): on a machine with an NVIDIA GPU, from the
+# The one prepared GPU check: on a machine with an NVIDIA GPU, from the
 # repository root,
 #     bash benchmarks/gpu_check.sh          # results in $OUT (the device tool's folder) or benchmarks/gpu_results/
 # builds the extension with CUDA against the machine's own PyTorch (no download: the device

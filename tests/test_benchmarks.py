@@ -86,7 +86,7 @@ def test_rollout_benchmark_small_run_prints_result():
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert re.match(r"RESULT workload=qwen2 ratio=\d+\.\d+ baseline=hf_.* static_kv_gain=\d+\.\d+$", lines[-2])
-    assert re.match(r"RESULT ratio=\d+\.\d+ prompts=2 samples=2 new_tokens=6", lines[-1])  # the goals' line
+    assert re.match(r"RESULT ratio=\d+\.\d+ prompts=2 samples=2 new_tokens=6", lines[-1])  # the headline line
     assert "# engine per decode step (ms): forward" in proc.stdout and "# floors for a 4-row decode step" in proc.stdout
     assert "# engine: static KV cache" in proc.stdout and "# engine_dynamic_kv per decode step (ms)" in proc.stdout
 

@@ -1,4 +1,5 @@
-"""The native nearest-template DTW against its PyTorch twin, and its input checks."""
+"""The native nearest-template DTW against its PyTorch twin, the twin against a plain double loop,
+and the native op's input checks."""
 
 from __future__ import annotations
 
@@ -119,3 +120,31 @@ def test_hints_change_the_search_order_only(seed):
         assert torch.equal(hinted.index, plain.index) and torch.equal(hinted.distance, plain.distance)
     with pytest.raises(ValueError, match="go together"):
         ops.dtw_nearest(queries, query_lengths, templates, template_lengths, template_groups=groups)
+
+
+def _reference_dtw(query, template):
+    """Plain double loop with the same step pattern as the DTW twin."""
+    tq, tt = len(query), len(template)
+    total = [[math.inf] * tt for _ in range(tq)]
+    total[0][0] = float(torch.dist(query[0], template[0]))
+    for i in range(1, tq):
+        for j in range(tt):
+            best = min(total[i - 1][j], total[i - 1][j - 1] if j >= 1 else math.inf,
+                       total[i - 1][j - 2] if j >= 2 else math.inf)
+            total[i][j] = float(torch.dist(query[i], template[j])) + best
+    return total[-1][-1] / tq
+
+
+def test_dtw_twin_matches_the_plain_loop():
+    g = torch.Generator().manual_seed(0)
+    query = torch.randn(9, 3, generator=g)
+    lengths = torch.tensor([5, 9, 12, 3, 20])
+    templates = torch.zeros(5, 20, 3)
+    for k, n in enumerate(lengths.tolist()):
+        templates[k, :n] = torch.randn(n, 3, generator=g)
+    got = reference_dtw_distances(query, templates, lengths)
+    want = [_reference_dtw(query, templates[k, :n]) for k, n in enumerate(lengths.tolist())]
+    for g_value, w_value in zip(got.tolist(), want):
+        assert (math.isinf(g_value) and math.isinf(w_value)) or abs(g_value - w_value) < 1e-4
+    assert not math.isinf(want[3])  # the query may dwell on template frames
+    assert math.isinf(want[4])  # but may skip at most one frame per step: 20 > 2 * 8 + 1

@@ -168,7 +168,7 @@ def test_an_audio_judge_without_a_codec_is_refused_at_start_up():
     assert build_reward(_judge_rewards(), world=None, codec=codec).needs_audio is True
 
 
-def test_wav_bytes_is_still_importable_from_http_judge():
+def test_http_judge_reexports_wav_bytes_from_audio_io():
     from wavalign.audio_io import wav_bytes as shared
     from wavalign.rewards.http_judge import wav_bytes
 
@@ -182,7 +182,7 @@ def test_resample_keeps_a_tones_frequency_and_amplitude():
     from wavalign.audio_io import resample as shared
     from wavalign.rewards.audio import resample
 
-    assert resample is shared  # the old name is the soxr resampler
+    assert resample is shared  # rewards.audio.resample is audio_io's soxr resampler
     down = resample(sine(440, 1.0, 24000), 24000, 16000)
     assert down.shape == (16000,) and down.dtype == torch.float32
     assert peak_hz(down, 16000) == 440

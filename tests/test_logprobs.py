@@ -1,9 +1,11 @@
-"""Chunked selected-token log-probs equal the naive full-logits computation."""
+"""Chunked selected-token log-probs equal the naive full-logits computation; so do the response
+log-probs of a packed batch."""
 
 import pytest
 import torch
 
 from wavalign.logprobs import naive_selected_logprobs, selected_logprobs
+from wavalign.modality import ModalitySpec, Schedule
 
 
 def _problem(n=3, t=7, h=16, v=50, seed=0, dtype=torch.float64, bias=True):
@@ -69,3 +71,31 @@ def test_bad_input():
         selected_logprobs(hidden, weight.t(), targets)
     with pytest.raises(ValueError, match="chunk_tokens must be a positive int"):
         selected_logprobs(hidden, weight, targets, chunk_tokens=0)
+
+
+# ---------------------------------------------------------------------------- packed batches
+SPEC = ModalitySpec(vocab_size=100, text_ranges=((0, 40),), speech_ranges=((50, 100),), eos=0, pad=1,
+                    begin_audio=40, end_audio=41, schedule=Schedule.sequential())
+
+
+def test_packed_response_logprobs_equal_the_full_logits():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from wavalign.logprobs import ResponseLogprobs, ResponseRows, pack
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False))
+    prompts = [[5, 6, 7], [8], [9, 10, 11, 12, 13]]
+    responses = [[12, 40, 55, 41, 0], [20, 40, 60, 61, 62, 41, 0], [40, 51, 41, 0]]
+    rows = ResponseRows.from_lists(prompts, responses, SPEC, pad_id=1)
+    batch = pack(rows, pad_id=1, device="cpu")
+    logp = ResponseLogprobs(model)(batch.ids, batch.mask, batch.starts, batch.width)
+    assert logp.shape == (3, 7)
+    for row, (p, r) in enumerate(zip(prompts, responses)):
+        full = torch.log_softmax(model(input_ids=torch.tensor([p + r])).logits[0].float(), dim=-1)
+        expected = full[len(p) - 1:len(p) + len(r) - 1].gather(1, torch.tensor(r)[:, None]).squeeze(1)
+        torch.testing.assert_close(logp[row, :len(r)], expected, rtol=1e-4, atol=1e-5)
+        assert (rows.types[row, len(r):] == -1).all() and (rows.types[row, :len(r)] >= 0).all()
+    logp.sum().backward()  # the LM head (untied) gets a gradient
+    assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0

@@ -107,7 +107,7 @@ def test_bad_prompts():
 def test_first_token_frequencies_match_processed_distribution():
     from helpers import assert_matches_distribution
     from wavalign.reference import processed_distribution
-    from wavalign.rollout.interleave import InterleaveState
+    from wavalign.interleave import InterleaveState
 
     model, spec = tiny_model("qwen2"), make_spec()
     prompt = [5, 6, 7]

@@ -70,7 +70,7 @@ def test_cuda_errors_name_the_row():
         ops.sample_tokens(logits.cuda())
 
 
-# ---------------------------------------------------------------- issue 20 item 7: CUDA correctness
+# ---------------------------------------------------------------- CUDA correctness
 # The contract (cpp/include/wavalign/sampling.h, "CPU / CUDA agreement"): greedy ids and
 # kept sets are identical between CPU and CUDA; a draw may differ when its uniform falls
 # within rounding of a bucket boundary, so draws are compared by agreement rate.
@@ -153,7 +153,7 @@ def test_large_vocab_cpu_equals_cuda(mode, dtype):
 
 
 def test_large_vocab_draw_agreement_rate():
-    """Item 2's statistical contract on the unfiltered distribution (every id kept, so
+    """The contract's draw agreement rate on the unfiltered distribution (every id kept, so
     every one of the 168,072 bucket boundaries can be crossed): 4 x 4096 draws. A float64
     emulation of the CUDA sums measured about 5e-4 mismatches here (2 of 4096), so about
     8 of 16,384 are expected; 0.999 allows 16."""

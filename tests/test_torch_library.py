@@ -1,7 +1,8 @@
-"""torch.ops.wavalign.*: the native ops as torch.library custom ops (wavalign.torch_ops).
+"""torch.ops.wavalign.*: the native ops as torch.library custom ops (registered by wavalign.ops).
 
-Each op equals its eager wavalign._ops function, passes torch.library.opcheck, and a
-function calling all three compiles with fullgraph=True (aot_eager; inductor as slow).
+Each op equals the binding it wraps (wavalign._ops, called directly), passes
+torch.library.opcheck, and a function calling all three compiles with fullgraph=True
+(aot_eager; inductor as slow).
 """
 
 import time
@@ -9,7 +10,7 @@ import time
 import pytest
 import torch
 
-from wavalign import _ops, ops, torch_ops
+from wavalign import _ops, ops
 from wavalign.modality import ModalitySpec, Schedule
 from wavalign.rollout import InterleaveState
 from wavalign.sampling_params import SAMPLING_FIELD_NAMES
@@ -52,21 +53,50 @@ def sampler_inputs(seed=0, n=N, vocab=V):
     return logits, params, history, ranges, offsets
 
 
+def native_sample(logits, params, history, ranges, seed, offsets):
+    """The binding's sampler called directly (what the op wraps); raises on a bad row."""
+    ids, logprobs, raw, status = _ops.sample_tokens_status(logits, tuple(params.values()), history, ranges, seed,
+                                                           offsets)
+    error = _ops.sample_status_error("sample_tokens", status, params)
+    if error is not None:
+        raise error
+    return ids, logprobs, raw
+
+
+def native_advance(config, state, sampled):
+    """The binding's interleave step called directly; raises on a rejected row."""
+    allowed, status = _ops.interleave_advance_status(
+        config["schedule"], config["text_chunk"], config["speech_chunk"], config.get("ratio_pattern"),
+        config["id_modality"], config["eos"], config["begin_audio"], config["end_audio"], config["end_text"], sampled,
+        state["max_text"], state["max_speech"], state["max_total"], *(state[n] for n in _ops.INTERLEAVE_STATE_NAMES))
+    error = _ops.interleave_status_error(status, state["phase"], sampled)
+    if error is not None:
+        raise error
+    return allowed
+
+
+def native_group_stats(rewards, mode, sample_std, eps):
+    """The binding's group statistics called directly, flags as bool (as the op returns them)."""
+    out = _ops.group_stats_native(rewards, ops.ADVANTAGE_MODES[mode], sample_std, eps)
+    out["zero_variance"], out["all_missing"] = out["zero_variance"].bool(), out["all_missing"].bool()
+    return out
+
+
 def call_sample(logits, params, history, ranges, seed, offsets):
     return torch.ops.wavalign.sample_tokens(logits, *params.values(), history, ranges, seed, offsets)
 
 
 def test_schemas_registered():
-    assert set(torch_ops.SCHEMAS) == {"sample_tokens", "interleave_advance", "group_stats"}
-    assert torch_ops.SCHEMAS["sample_tokens"].startswith("wavalign::sample_tokens(Tensor logits, Tensor temperature")
-    advance = torch_ops.SCHEMAS["interleave_advance"]
+    assert set(ops.SCHEMAS) == {"sample_tokens", "interleave_advance", "group_stats"}
+    assert ops.SCHEMAS["sample_tokens"].startswith("wavalign::sample_tokens(Tensor logits, Tensor temperature")
+    advance = ops.SCHEMAS["interleave_advance"]
     for name in _ops.INTERLEAVE_STATE_NAMES:  # declared as mutated, nothing else is
         assert f"!) {name}" in advance
     assert advance.count("!)") == len(_ops.INTERLEAVE_STATE_NAMES)
     assert "Tensor? ratio_pattern" in advance and "Tensor? sampled" in advance
 
 
-# ---- each op equals the eager function
+# ---- each op equals the binding it wraps
 
 
 @pytest.mark.parametrize("seed", [0, 1234, 2**64 - 3])
@@ -77,8 +107,8 @@ def test_sample_tokens_op_equals_eager(seed, with_extras, dtype):
     logits = logits.to(dtype)
     if not with_extras:
         history = ranges = None
-    eager = _ops.sample_tokens(logits, params, history, ranges, seed, offsets)
-    ids, logprobs, raw, status = call_sample(logits, params, history, ranges, torch_ops.seed_as_int64(seed), offsets)
+    eager = native_sample(logits, params, history, ranges, seed, offsets)
+    ids, logprobs, raw, status = call_sample(logits, params, history, ranges, ops.seed_as_int64(seed), offsets)
     assert ids.dtype == torch.int64 and logprobs.dtype == raw.dtype == torch.float32 and status.dtype == torch.int32
     assert torch.equal(status, torch.zeros(N, dtype=torch.int32))
     assert torch.equal(ids, eager[0])
@@ -89,11 +119,11 @@ def test_sample_tokens_op_equals_eager(seed, with_extras, dtype):
 
 
 def test_seed_as_int64():
-    assert torch_ops.seed_as_int64(5) == 5
-    assert torch_ops.seed_as_int64(2**63) == -(2**63)
-    assert torch_ops.seed_as_int64(2**64 - 1) == -1
+    assert ops.seed_as_int64(5) == 5
+    assert ops.seed_as_int64(2**63) == -(2**63)
+    assert ops.seed_as_int64(2**64 - 1) == -1
     with pytest.raises(ValueError):
-        torch_ops.seed_as_int64(2**64)
+        ops.seed_as_int64(2**64)
 
 
 def legal_ids(state, step):
@@ -112,8 +142,8 @@ def test_interleave_op_equals_eager(kind):
     # the sampled=None step (the constructor's), on a copy: op and eager function agree
     state = {name: value.clone() for name, value in eager.state.items()}
     twin = {name: value.clone() for name, value in eager.state.items()}
-    allowed, status = torch_ops.interleave_advance(eager._config, state, None)
-    assert torch.equal(allowed, _ops.interleave_advance(eager._config, twin, None)) and not status.any()
+    allowed, status = ops.interleave_advance_status(eager._config, state, None)
+    assert torch.equal(allowed, native_advance(eager._config, twin, None)) and not status.any()
     assert torch.equal(allowed, eager.allowed_set)
     for name, value in twin.items():
         assert torch.equal(state[name], value), name
@@ -121,7 +151,7 @@ def test_interleave_op_equals_eager(kind):
     for step in range(25):
         sampled = legal_ids(eager, step)
         eager.advance(sampled)
-        allowed, status = torch_ops.interleave_advance(eager._config, state, sampled)
+        allowed, status = ops.interleave_advance_status(eager._config, state, sampled)
         assert allowed.dtype == status.dtype == torch.int32
         assert not status.any(), (kind, step)
         assert torch.equal(allowed, eager.allowed_set), (kind, step)
@@ -135,11 +165,11 @@ def test_interleave_op_reports_bad_rows_without_raising():
     eager = InterleaveState(spec, 3)
     state = {name: value.clone() for name, value in eager.state.items()}
     sampled = torch.tensor([3, V + 5, 4], dtype=torch.int64)  # row 1 outside the vocabulary
-    allowed, status = torch_ops.interleave_advance(eager._config, state, sampled)
+    allowed, status = ops.interleave_advance_status(eager._config, state, sampled)
     assert status.tolist() == [0, 1, 0]
     assert state["text_count"][1] == eager.state["text_count"][1]  # rejected row unchanged
     with pytest.raises(ValueError) as from_op:
-        torch_ops.raise_for_interleave_status(status, state["phase"], sampled)
+        ops.raise_for_interleave_status(status, state["phase"], sampled)
     with pytest.raises(ValueError) as from_eager:
         eager.advance(sampled)
     assert str(from_op.value) == str(from_eager.value)
@@ -160,8 +190,8 @@ def grouped_rewards():
 @pytest.mark.parametrize("sample_std", [False, True])
 def test_group_stats_op_equals_eager(mode, sample_std):
     rewards = grouped_rewards()
-    eager = _ops.group_stats(rewards, mode, sample_std, 1e-4)
-    out = torch_ops.group_stats(rewards, _ops._ADVANTAGE_MODES[mode], sample_std, 1e-4)
+    eager = native_group_stats(rewards, mode, sample_std, 1e-4)
+    out = ops.group_stats_unchecked(rewards, ops.ADVANTAGE_MODES[mode], sample_std, 1e-4)
     assert list(out) == list(eager)
     for name, value in eager.items():
         assert out[name].dtype == value.dtype and out[name].shape == value.shape, name
@@ -177,14 +207,14 @@ def test_nan_row_gives_status_and_raise_for_sample_status_names_it():
     ids, logprobs, raw, status = call_sample(logits, params, history, ranges, 9, offsets)
     assert status.tolist() == [0, 0, 0, 1, 0, 0]  # kSampleNonFiniteLogit in row 3 only
     good = status == 0
-    eager_good = _ops.sample_tokens(logits[good], {k: v[good] for k, v in params.items()}, history[good],
+    eager_good = native_sample(logits[good], {k: v[good] for k, v in params.items()}, history[good],
                                     ranges[good], 9, offsets[good])
     assert torch.equal(ids[good], eager_good[0])  # the other rows are sampled as usual
     with pytest.raises(ValueError, match=r"sample_tokens: row 3 cannot be sampled: its logits contain NaN"):
-        torch_ops.raise_for_sample_status(status, params)
+        ops.raise_for_sample_status(status, params)
     with pytest.raises(ValueError, match="row 3"):  # the eager op raises the same error
-        _ops.sample_tokens(logits, params, history, ranges, 9, offsets)
-    torch_ops.raise_for_sample_status(torch.zeros(N, dtype=torch.int32), params)  # no failure: no error
+        native_sample(logits, params, history, ranges, 9, offsets)
+    ops.raise_for_sample_status(torch.zeros(N, dtype=torch.int32), params)  # no failure: no error
 
 
 def test_bad_parameter_row_message_lists_values():
@@ -193,7 +223,7 @@ def test_bad_parameter_row_message_lists_values():
     *_, status = call_sample(logits, params, history, ranges, 0, offsets)
     assert status.tolist() == [0, 0, 0, 0, 7, 0]
     with pytest.raises(ValueError, match=r"row 4 cannot be sampled.*row 4 has .*top_p=1.5"):
-        torch_ops.raise_for_sample_status(status, params)
+        ops.raise_for_sample_status(status, params)
 
 
 # ---- torch.library.opcheck
@@ -217,7 +247,7 @@ def test_sample_tokens_with_grad_input():
     logits.requires_grad_(True)
     out = call_sample(logits, params, history, ranges, 0, offsets)
     assert not any(o.requires_grad for o in out)
-    assert torch.equal(out[0], _ops.sample_tokens(logits.detach(), params, history, ranges, 0, offsets)[0])
+    assert torch.equal(out[0], native_sample(logits.detach(), params, history, ranges, 0, offsets)[0])
     torch.library.opcheck(torch.ops.wavalign.sample_tokens.default,
                           (logits, *params.values(), history, ranges, 1, offsets))
     compiled = torch.compile(lambda x: call_sample(x, params, history, ranges, 0, offsets), fullgraph=True,
@@ -265,9 +295,9 @@ def rollout_step(logits, params, offsets, ranges, config, state, rewards):
     advance the interleave state, and the group statistics of some rewards. (The range
     gather table[allowed_set] stays outside: in the graph it is inductor's only generated
     kernel and triples the cold compile time, about 3 s -> 15 s.)"""
-    ids, logprobs, raw, status = torch_ops.sample_tokens(logits, params, None, ranges, SEED, offsets)
-    next_set, interleave_status = torch_ops.interleave_advance(config, state, ids)
-    stats = torch_ops.group_stats(rewards, 0, False, 1e-4)
+    ids, logprobs, raw, status = ops.sample_tokens_status(logits, params, None, ranges, SEED, offsets)
+    next_set, interleave_status = ops.interleave_advance_status(config, state, ids)
+    stats = ops.group_stats_unchecked(rewards, 0, False, 1e-4)
     return ids, logprobs, raw, status, next_set, interleave_status, stats
 
 
@@ -339,7 +369,7 @@ def check_compiled_matches_eager(backend, steps=3):
     status = compiled(*clone_inputs(bad))[3]
     assert status.tolist() == [0, 0, 1, 0, 0, 0]
     with pytest.raises(ValueError, match="row 2"):
-        torch_ops.raise_for_sample_status(status, bad[1])
+        ops.raise_for_sample_status(status, bad[1])
     assert len(traced) == 1
     return compile_seconds
 
@@ -352,7 +382,7 @@ def test_compile_fullgraph_aot_eager():
 @pytest.mark.slow
 def test_compile_fullgraph_inductor():
     # no on-disk caches: their keys do not cover a custom op's fake implementation, so a
-    # graph compiled under a wrong one would be reused after the fix (and hide a new bug)
+    # cached graph could come from another fake implementation than the one under test
     with torch._inductor.config.patch(fx_graph_cache=False), \
             torch._functorch.config.patch(enable_autograd_cache=False):
         seconds = check_compiled_matches_eager("inductor")

@@ -51,7 +51,7 @@ def log_a_little(run_log, step=1):
 
 
 # ---------------------------------------------------------------------------- config
-def test_report_to_defaults_to_tensorboard_and_the_old_switch_removes_it():
+def test_report_to_defaults_to_tensorboard_and_run_tensorboard_false_removes_it():
     run = TrainConfig.load(None).run
     assert run.report_to == ("tensorboard",) and run.trackers == ("tensorboard",)
     assert run.log_completions_every == 0 and run.project == "wavalign"

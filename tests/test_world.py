@@ -128,7 +128,7 @@ def test_batched_listening_equals_one_at_a_time(fast_world):
 
 
 def test_report_has_headroom(fast_world):
-    # (the judges' reliability ordering is tested on controlled inputs in test_world_parts.py;
+    # (the judges' reliability ordering is tested on controlled inputs in test_world_scoring.py;
     # the fast policy is too weak for its outputs to spread the semantic score)
     report = fast_world.report
     assert report["gold_test"]["IQ"] == 100.0

@@ -199,33 +199,6 @@ def sample_status_detail(code: int, row: int, values) -> str:
     return detail
 
 
-def _raise_for_status(status: torch.Tensor, params: dict) -> None:
-    error = sample_status_error("sample_tokens", status, params)
-    if error is not None:
-        raise error
-
-
-def sample_tokens(
-    logits: torch.Tensor,
-    params: dict[str, torch.Tensor],
-    history: torch.Tensor | None,
-    allowed_ranges: torch.Tensor | None,
-    seed: int,
-    offsets: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Native sampler call; arguments already normalised by :func:`wavalign.ops.sample_tokens`.
-
-    logits: [N, V] float32 | bfloat16 | float16; params: name -> [N] tensor, one per
-    ModalitySampling field (the schema's order is the native argument order).
-    Returns ids [N] int64, logprobs [N] float32, raw_logprobs [N] float32.
-    """
-    ids, logprobs, raw_logprobs, status = sample_tokens_status(
-        logits, tuple(params[name] for name in SAMPLING_FIELD_NAMES), history, allowed_ranges, seed, offsets
-    )
-    _raise_for_status(status, params)
-    return ids, logprobs, raw_logprobs
-
-
 def sample_tokens_status(
     logits: torch.Tensor,
     params: tuple[torch.Tensor, ...],
@@ -238,7 +211,7 @@ def sample_tokens_status(
     params are the [N] tensors in SAMPLING_FIELD_NAMES order. Returns ids [N] int64,
     logprobs [N] float32, raw_logprobs [N] float32, status [N] int32 (SampleStatus; 0 = ok).
     Argument errors (dtype, shape, device, layout) still raise. Used by sample_tokens and
-    by the torch.library op wavalign::sample_tokens (wavalign.torch_ops)."""
+    by the torch.library op wavalign::sample_tokens (wavalign.ops)."""
     n, vocab = (logits.shape[0], logits.shape[1]) if logits.dim() == 2 else (0, 0)
     device = logits.device
     ids = torch.empty(n, dtype=torch.int64, device=device)
@@ -314,9 +287,6 @@ def release_sampling_workspace(device: torch.device | str | int | None = None) -
         del _WORKSPACES[key]
 
 
-_ADVANTAGE_MODES = {"grpo": 0, "dr_grpo": 1, "rloo": 2}
-
-
 def _stream(device: torch.device) -> int:
     """The raw handle of `device`'s current stream, which the native op launches on; the
     launcher makes `device` current for the launch (a handle belongs to one device, and 0,
@@ -328,16 +298,6 @@ def _stream(device: torch.device) -> int:
     if device.index is not None and stream.device.index != device.index:  # cannot happen; guards the contract
         raise RuntimeError(f"the current stream of {device} is on {stream.device}")
     return stream.cuda_stream
-
-
-def group_stats(rewards: torch.Tensor, mode: str, sample_std: bool, eps: float) -> dict[str, torch.Tensor]:
-    """rewards: [B, G] float32 (NaN = no reward). Returns per-group tensors and advantages."""
-    if mode not in _ADVANTAGE_MODES:
-        raise ValueError(f"advantage mode must be one of {sorted(_ADVANTAGE_MODES)}, got {mode!r}")
-    out = group_stats_native(rewards, _ADVANTAGE_MODES[mode], sample_std, eps)
-    out["zero_variance"] = out["zero_variance"].bool()
-    out["all_missing"] = out["all_missing"].bool()
-    return out
 
 
 def group_stats_native(rewards: torch.Tensor, mode: int, sample_std: bool, eps: float) -> dict[str, torch.Tensor]:
@@ -374,22 +334,6 @@ def dtw_nearest(queries: torch.Tensor, query_lengths: torch.Tensor, templates: t
     _core.dtw_nearest(queries, query_lengths, templates, template_lengths, template_groups, hint_groups, best_index,
                       best_distance)
     return best_index, best_distance
-
-
-def interleave_advance(config: dict, state: dict[str, torch.Tensor], sampled: torch.Tensor | None) -> torch.Tensor:
-    """Advances the interleave state in place; returns the next allowed set per row [N] int32."""
-    allowed, status = interleave_advance_status(
-        config["schedule"], config["text_chunk"], config["speech_chunk"], config.get("ratio_pattern"),
-        config["id_modality"],
-        config["eos"], config["begin_audio"], config["end_audio"], config["end_text"], sampled,
-        state["max_text"], state["max_speech"], state["max_total"], state["phase"],
-        state["chunk_count"], state["chunk_index"], state["text_count"], state["speech_count"], state["text_done"],
-        state["finish_reason"],
-    )
-    error = interleave_status_error(status, state["phase"], sampled)
-    if error is not None:
-        raise error
-    return allowed
 
 
 # interleave_advance_status's state tensors, in argument order: read and updated in place.

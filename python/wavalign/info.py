@@ -9,9 +9,9 @@ import sys
 def collect() -> dict:
     import torch
 
-    from wavalign import __version__, _ops
+    from wavalign import __version__, ops
 
-    info = _ops.build_info()
+    info = ops.build_info()
     torch_gpu = torch.cuda.is_available()
     return {
         "wavalign": __version__,
@@ -20,7 +20,7 @@ def collect() -> dict:
         "cxx_compiler": info.get("cxx_compiler"),
         "cuda_kernels_compiled": info.get("cuda_kernels"),
         "cuda_architectures": info.get("cuda_architectures", "-"),
-        "cuda_devices_seen_by_extension": _ops.cuda_device_count(),
+        "cuda_devices_seen_by_extension": ops.cuda_device_count(),
         "gpu_usable": bool(info.get("cuda_kernels")) and torch_gpu,
         "cpu_threads": info.get("num_threads"),
         "torch": torch.__version__,

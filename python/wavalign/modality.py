@@ -30,6 +30,8 @@ import yaml
 from wavalign.codes import (  # noqa: F401  (TEXT, SPEECH, NOT_RESPONSE, NEITHER re-exported)
     N_ALLOWED_SETS, NEITHER, NOT_RESPONSE, SCHEDULE_CODES, SCHEDULE_KINDS, SPEECH, TEXT,
 )
+from wavalign import ops
+from wavalign.interleave import InterleaveState
 
 SPECIAL_NAMES = ("eos", "bos", "pad", "begin_audio", "end_audio", "begin_text", "end_text")
 
@@ -228,15 +230,13 @@ class ModalitySpec:
 
         Built from the native state machine's own predicate, so the two cannot disagree.
         """
-        from wavalign import _ops
-
         modality = self.modality_table()  # [V] int8
 
         def code(token):
             return -1 if token is None else token
 
         specials = (code(self.eos), code(self.begin_audio), code(self.end_audio), code(self.end_text))
-        per_set = [_mask_to_ranges(_ops.interleave_allowed_mask(SCHEDULE_CODES[self.schedule.kind],
+        per_set = [_mask_to_ranges(ops.interleave_allowed_mask(SCHEDULE_CODES[self.schedule.kind],
                                                                 modality, *specials, s))
                    for s in range(N_ALLOWED_SETS)]
         width = max(1, max(len(r) for r in per_set))
@@ -279,7 +279,6 @@ class ModalitySpec:
         chunked(n, m): n text, m speech, ... with end-of-text closing the text channel.
         ratio(pattern): the public WavAlign rule (ratio_layout), then EOS.
         """
-        from wavalign.rollout.interleave import InterleaveState  # imports this module
 
         text_ids, speech_ids = [int(t) for t in text_ids], [int(s) for s in speech_ids]
         if self.eos is None or self.end_audio is None:

@@ -212,10 +212,7 @@ def run_arm(arm: Arm, seed: int, config: TrainConfig, world, out: Path, run_dir:
     try:
         trainer.fit()
         train_seconds = time.perf_counter() - start
-        # the trainer's evaluator: a factory method, or (after the collect/learn redesign) an attribute
-        evaluator = (trainer.evaluator() if callable(trainer.evaluator) and not hasattr(trainer.evaluator, "run")
-                     else trainer.evaluator)
-        records = evaluator.run(trainer.policy)
+        records = trainer.evaluator.run(trainer.policy)  # the run's own evaluator (train/setup.py)
     finally:
         trainer.close()
     result = {"arm": arm.name, "seed": seed, "config": config.to_dict(), "train_seconds": train_seconds,
@@ -282,7 +279,7 @@ def _built_world_supervision(config: TrainConfig) -> dict[str, str]:
 
 
 def _device(config: TrainConfig):
-    from wavalign.train.trainer import pick_device
+    from wavalign.train.distributed import pick_device
 
     return pick_device(config.run.device)
 

@@ -12,14 +12,9 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 from wavalign.eval.core import METRICS
 from wavalign.eval.report import digits, records_from_json, verdict
 from wavalign.stats import Interval, nanmean, seeded_mean_ci
-
-if TYPE_CHECKING:
-    from wavalign.eval.ablation import AblationConfig
 
 TABLE_METRICS = ("IQ", "EQ", "WER", "reward")
 # training-time series summarised per arm (start and end of training, mean over seeds)
@@ -45,10 +40,10 @@ def _mark(change: Interval, metric: str) -> str:
     return _MARKS.get(verdict(change.low, change.high, METRICS[metric]), "")
 
 
-def aggregate(ablation: AblationConfig, out: Path, resamples: int = 2000,
+def aggregate(ablation, out: Path, resamples: int = 2000,
               supervision: dict[str, str] | None = None) -> dict:
     """Means over seeds and prompts with two-level bootstrap CIs, and paired changes from base.
-    supervision ({test prompt id: category}, from question_supervision): also the mean IQ and
+    ablation: the eval.ablation.AblationConfig that ran (its name, arms, seeds); supervision ({test prompt id: category}, from question_supervision): also the mean IQ and
     EQ per category, to show which questions an arm gains or loses on."""
     base_path = out / "base" / "eval.json"
     if not base_path.is_file():
@@ -252,7 +247,8 @@ def format_tables(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(ablation: AblationConfig, summary: dict, out: Path) -> list[Path]:
+def plot(ablation, summary: dict, out: Path) -> list[Path]:
+    """ablation: the eval.ablation.AblationConfig that ran."""
     import matplotlib
 
     matplotlib.use("Agg")

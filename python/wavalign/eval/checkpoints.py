@@ -16,7 +16,6 @@ from wavalign.modality import ModalitySpec, resolve_spec
 from wavalign.train import checkpoint as ckpt
 from wavalign.train import lora
 from wavalign.train.config import TrainConfig
-from wavalign.train.data import world_examples
 
 
 @dataclass
@@ -96,7 +95,7 @@ def world_evaluator(config: TrainConfig, world, spec: ModalitySpec | None = None
     same split, limit, greedy decoding, response budget, and judges (seed + 10_000)."""
     from wavalign.train.rewards import EVAL_JUDGE_SEED_OFFSET, build_reward
 
-    return build_evaluator(config, examples=world_examples(world.examples(config.eval.split)),
+    return build_evaluator(config, examples=world.train_examples(config.eval.split),
                            spec=spec or world.spec, tokenizer=world.tokenizer, format=world.format, world=world,
                            reward_fn=build_reward(config.rewards, world, EVAL_JUDGE_SEED_OFFSET),
                            exact=world.exact_metrics)

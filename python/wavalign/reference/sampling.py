@@ -19,7 +19,7 @@ kept set is always {allowed ids : z >= tau}):
 
 A row that cannot be sampled gets the native status code (cpp/include/wavalign/sampling.h),
 decided in the native order, and the call raises the native sampler's ValueError for the
-first such row (same words, through wavalign._ops.sample_status_error).
+first such row (same words, through wavalign.ops.sample_status_error).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Sequence
 
 import torch
 
-from wavalign._ops import sample_status_error
+from wavalign.ops import sample_status_error
 from wavalign.reference.philox import philox_uniform
 from wavalign.sampling_params import SAMPLING_FIELDS
 

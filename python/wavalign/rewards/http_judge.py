@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wavalign import net
-from wavalign.audio_io import wav_bytes  # also importable from here, as before
+from wavalign.audio_io import wav_bytes
 from wavalign.rewards.audio import as_waveform
 
 log = logging.getLogger(__name__)

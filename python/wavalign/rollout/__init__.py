@@ -3,7 +3,7 @@
 import logging
 
 from wavalign.rollout.engine import ModalitySampling, Rollout, RolloutEngine, SamplingParams
-from wavalign.rollout.interleave import InterleaveState
+from wavalign.interleave import InterleaveState
 
 __all__ = ["InterleaveState", "ModalitySampling", "Rollout", "RolloutEngine", "SamplingParams", "make_sampler"]
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from wavalign import _ops, ops
+from wavalign import ops
 from wavalign.adapters import ModelAdapter, rows_inputs
 from wavalign.codes import FINISH_NAMES, FINISH_RUNNING, PHASE_SPEECH
 from wavalign.modality import ModalitySpec
-from wavalign.rollout.interleave import InterleaveState
+from wavalign.interleave import InterleaveState
 from wavalign.sampling_params import PENALTY_FIELD_NAMES, SAMPLING_FIELDS, ModalitySampling
 
 _STEP_STRIDE = 1 << 20  # offsets: sample_id * stride + step -> one Philox stream per sample
@@ -173,11 +173,11 @@ class _DecodeRecord:
         step, code, op = int(self.error_step[row]), int(self.error_code[row]), int(self.error_op[row])
         count, total = int(failed.sum()), failed.numel()
         if op == _SAMPLER:
-            detail = _ops.sample_status_detail(code, row, lambda: table.values(int(self.error_phase[row])))
+            detail = ops.sample_status_detail(code, row, lambda: table.values(int(self.error_phase[row])))
             return ValueError(f"sample_tokens: row {row} cannot be sampled at decode step {step}: {detail} "
                               f"({count} of {total} rows failed)")
         token = int(self.error_id[row])
-        reason = _ops.interleave_rejection(code, int(self.error_phase[row]))
+        reason = ops.interleave_rejection(code, int(self.error_phase[row]))
         return ValueError(f"interleave: row {row} at decode step {step}: sampled id {token} {reason} "
                           f"({count} of {total} rows failed)")
 
@@ -358,7 +358,7 @@ class RolloutEngine:
             steps += 1
             running = ~state.finished  # [live] bool: rows still decoding at this step
             phase, allowed = state.phase, state.allowed_set
-            ids, logprobs, raw_logprobs, status = _ops.sample_tokens_status(
+            ids, logprobs, raw_logprobs, status = ops.sample_tokens_status(
                 logits.float().contiguous(), table.rows(phase), history, state.allowed_ranges(), params.seed,
                 (live + first_row) * _STEP_STRIDE + step)
             clock.lap("sample_s")

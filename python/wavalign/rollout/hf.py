@@ -20,7 +20,7 @@ import torch
 from transformers import LogitsProcessor
 
 from wavalign.modality import ModalitySpec
-from wavalign.rollout.interleave import InterleaveState
+from wavalign.interleave import InterleaveState
 
 
 def _set_masks(spec: ModalitySpec) -> torch.Tensor:

@@ -25,7 +25,7 @@ from wavalign.codes import PHASE_SPEECH
 from wavalign.logprobs import ResponseLogprobs, ResponseRows, RowLogprobs, allowed_set_masks
 from wavalign.rollout.engine import Rollout, SamplingParams
 from wavalign.rollout.hf import InterleaveLogitsProcessor
-from wavalign.rollout.interleave import InterleaveState
+from wavalign.interleave import InterleaveState
 from wavalign.sampling_params import SAMPLING_FIELDS
 
 

@@ -1,1 +1,5 @@
-"""Hybrid post-training (WavAlign). The trainer itself is not implemented yet (issue 8)."""
+"""Hybrid post-training (WavAlign): setup (build_run), collect, learn and the Trainer loop.
+
+    python -m wavalign.train            # the embedded default
+    from wavalign.train.trainer import Trainer
+"""

@@ -114,7 +114,8 @@ def main(argv=None) -> int:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False))
         return 0
 
-    from wavalign.train.trainer import JudgeFailureError, Trainer
+    from wavalign.train.collect import JudgeFailureError
+    from wavalign.train.trainer import Trainer
 
     try:
         trainer = Trainer(config, resume=args.resume is not None, run_dir=run_dir)

@@ -139,3 +139,14 @@ def load_weights(file: Path, device: str) -> dict:
     except Exception as error:  # safetensors raises SafetensorError for a bad header or size
         raise ValueError(f"checkpoint file {file} is truncated or corrupted and cannot be loaded "
                          f"({type(error).__name__}: {error})") from None
+
+
+def check_resumable(path: Path, state: dict, config, world_size: int) -> None:
+    """A checkpoint resumes only with the process count and the config (run / eval sections
+    aside) that saved it: raises ValueError naming what differs."""
+    if state["world_size"] != world_size:
+        raise ValueError(f"{path} was saved by {state['world_size']} processes; resume with the same number "
+                         f"(this run has {world_size})")
+    changed = config.differences_from(state["config"], ignore=("run", "eval"))
+    if changed:
+        raise ValueError(f"--resume: the config differs from the checkpoint's in {changed}")

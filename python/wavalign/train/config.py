@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -184,10 +183,10 @@ SpeechSampling = dataclasses.make_dataclass(
     frozen=True)
 SpeechSampling.__doc__ = "Speech-token sampling: any field left None follows the text section."
 
-# Flat keys of earlier versions -> their place now (a flat top_p / top_k applied to both
-# modalities; in the text section they still do, since speech follows text by default).
-_FLAT_ROLLOUT_KEYS = {"temperature": ("text", "temperature"), "top_p": ("text", "top_p"),
-                      "top_k": ("text", "top_k"), "speech_temperature": ("speech", "temperature")}
+# Keys of pre-1.0 configs that are errors now, and what to write instead (CHANGELOG.md).
+_REPLACED_KEYS = {"rollout.temperature": "rollout.text.temperature", "rollout.top_p": "rollout.text.top_p",
+                  "rollout.top_k": "rollout.text.top_k", "rollout.speech_temperature": "rollout.speech.temperature",
+                  "objective.pg_normalization": "objective.loss_type (sequence_mean is grpo, token_mean is bnpo)"}
 
 
 @dataclass(frozen=True)
@@ -233,27 +232,6 @@ class RolloutConfig:
         """The speech section over the text section."""
         given = {k: v for k, v in dataclasses.asdict(self.speech).items() if v is not None}
         return ModalitySampling.from_dict(given, where="rollout.speech", base=self.text)
-
-
-def _upgrade_rollout(data: dict, where: str) -> dict:
-    """Flat rollout keys of earlier versions (temperature, speech_temperature, top_p, top_k)
-    move into the text / speech sections, with a warning; given twice is an error."""
-    flat = [k for k in _FLAT_ROLLOUT_KEYS if k in data]
-    if not flat:
-        return data
-    data = dict(data)
-    for key in flat:
-        section, name = _FLAT_ROLLOUT_KEYS[key]
-        target = dict(data.get(section) or {})
-        if name in target:
-            raise ConfigError(f"{where}.{key} and {where}.{section}.{name} are the same setting; give only "
-                              f"{where}.{section}.{name}")
-        target[name] = data.pop(key)
-        data[section] = target
-    warnings.warn(f"{', '.join(where + '.' + k for k in flat)}: flat rollout sampling keys are deprecated; use "
-                  f"{', '.join(where + '.' + '.'.join(_FLAT_ROLLOUT_KEYS[k]) for k in flat)}", DeprecationWarning,
-                  stacklevel=3)
-    return data
 
 
 @dataclass(frozen=True)
@@ -318,7 +296,7 @@ class ObjectiveConfig:
     epsilon: float = 0.2  # PPO clip (used when rollout.num_iterations > 1): ratio in [1 - eps, 1 + eps_high]
     epsilon_high: float | None = None  # None: same as epsilon
     # Which distribution rollout tokens are scored under in the RL term: raw = the model's
-    # softmax at temperature 1 over the whole vocabulary (this project's default so far);
+    # softmax at temperature 1 over the whole vocabulary (the default);
     # sampling = the distribution the sampler drew from (each token's phase temperature,
     # softmax over its interleave set's ids), as TRL scores at the rollout temperature.
     # top-k / top-p / min-p / penalties are not reproduced. auto: sampling when PPO inner
@@ -583,22 +561,6 @@ class TrainConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-def _upgrade_pg_normalization(data: dict, where: str) -> dict:
-    """objective.pg_normalization of earlier versions -> objective.loss_type (with a warning)."""
-    data = dict(data)
-    value = data.pop("pg_normalization")
-    mapping = {"sequence_mean": "grpo", "token_mean": "bnpo"}
-    if value not in mapping:
-        raise ConfigError(f"{where}.pg_normalization is replaced by {where}.loss_type "
-                          f"({', '.join(LOSS_TYPES)}); got {value!r}")
-    if "loss_type" in data and data["loss_type"] != mapping[value]:
-        raise ConfigError(f"{where}.pg_normalization and {where}.loss_type disagree; give only {where}.loss_type")
-    data["loss_type"] = mapping[value]
-    warnings.warn(f"{where}.pg_normalization is deprecated; use {where}.loss_type={mapping[value]}",
-                  DeprecationWarning, stacklevel=3)
-    return data
-
-
 def apply_override(data: dict, override: str) -> None:
     """`a.b.c=value` (value parsed as YAML) into the nested mapping `data`, in place."""
     key, sep, raw = override.partition("=")
@@ -635,12 +597,12 @@ def _build(cls, data: Any, where: str):
         return data
     if not isinstance(data, dict):
         raise ConfigError(f"{label} must be a mapping, got {type(data).__name__}")
-    if cls is RolloutConfig:
-        data = _upgrade_rollout(data, label)
-    if cls is ObjectiveConfig and "pg_normalization" in data:
-        data = _upgrade_pg_normalization(data, label)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
+    for key in unknown:
+        path = (where + "." if where else "") + key
+        if path in _REPLACED_KEYS:
+            raise ConfigError(f"{path} is not a config field; use {_REPLACED_KEYS[path]}")
     if unknown:
         raise ConfigError(f"unknown field(s) {', '.join((where + '.' if where else '') + u for u in unknown)}; "
                           f"{label} has: {', '.join(fields)}")

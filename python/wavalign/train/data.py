@@ -25,42 +25,18 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
 
 from wavalign.audio_io import read_audio, resample
-from wavalign.data import iter_jsonl
-from wavalign.formats import GenericFormat, ResponseFormat, count_placeholders, user_text  # noqa: F401 (GenericFormat: re-export)
+from wavalign.data import WAVALIGN_KEYS, TrainExample, iter_jsonl
+from wavalign.formats import ResponseFormat, count_placeholders, user_text
 
 log = logging.getLogger(__name__)
 
-WAVALIGN_KEYS = {"prompt_text", "prompt_units", "prompt_ids", "response_text", "response_units",
-                 "response_ids", "rejected_text", "rejected_units", "rejected_ids"}
 PUBLIC_KEYS = {"messages", "audios", "sft_target_text", "sft_target_audio", "rejected_text", "rejected_audio"}
-
-
-@dataclass
-class TrainExample:
-    id: str
-    prompt_ids: list[int]
-    response_ids: list[int] | None = None  # gold, laid out by the ModalitySpec schedule
-    rejected_ids: list[int] | None = None  # offline DPO
-    columns: dict = field(default_factory=dict)  # handed to reward functions (answer, style, ...)
-    prompt_text: str | None = None  # what a judge is shown as the user's request
-    where: str | None = None  # "file.jsonl:12" for records read from a file (error messages)
-    # the prompt's audio files (resolved absolute paths, in placeholder order), for model
-    # adapters that compute their own audio features; empty for text-only prompts
-    prompt_audio: list[str] = field(default_factory=list)
-
-
-def judge_prompt_text(example: TrainExample, tokenizer) -> str:
-    """What a judge is shown as the user's request: the example's text, else its decoded prompt."""
-    if example.prompt_text is not None:
-        return example.prompt_text
-    return tokenizer.decode(example.prompt_ids, skip_special_tokens=True)
 
 
 class RecordConverter:
@@ -342,20 +318,6 @@ def load_hf_examples(path: str | Path, split: str, convert: RecordConverter, *, 
     return _convert_records(rows, convert, skip_bad_lines=skip_bad_lines, label=label)
 
 
-def world_examples(records: list[dict]) -> list[TrainExample]:
-    """The built-in world's records (already tokenised) -> TrainExample (prompt-only records,
-    WorldConfig.gold_fraction < 1, have no response_ids)."""
-    return [TrainExample(r["id"], list(r["prompt_ids"]), list(r["response_ids"]) if "response_ids" in r else None, None,
-                         {k: v for k, v in r.items() if k not in WAVALIGN_KEYS}, r.get("prompt_text"))
-            for r in records]
-
-
-def batch_columns(examples: Sequence[TrainExample], repeat: int = 1) -> dict[str, list]:
-    """Reward columns for a batch, each value repeated `repeat` times (one per sample)."""
-    names = sorted({name for e in examples for name in e.columns})
-    return {name: [e.columns.get(name) for e in examples for _ in range(repeat)] for name in names}
-
-
 class PromptSampler:
     """Seeded epoch-wise shuffling with a resumable cursor: each epoch is a fresh permutation
     (generator seeded by seed and epoch), consumed in order."""
@@ -404,7 +366,7 @@ def load_examples(config, world, fmt: ResponseFormat, vocab_size: int, codec=Non
     so one unit cache) serves both splits."""
     c = config.data
     if c.source == "world":
-        return world_examples(world.examples("train")), world_examples(world.examples(config.eval.split)), 0
+        return world.train_examples("train"), world.train_examples(config.eval.split), 0
     if c.source == "hf_dataset":
         root = Path(c.path)
         base_dir = root if root.is_dir() else root.parent

@@ -1,8 +1,9 @@
 """Score a policy on held-out prompts, one record per response.
 
-The trainer's before/after evaluation, the eval CLI, the ablation runner and the
-world's own evaluation all go through `PolicyEvaluator` (built by `build_evaluator` from a
-TrainConfig), so a number means the same thing wherever it is printed.
+The trainer's before/after evaluation, the eval CLI and the ablation runner all go through
+`PolicyEvaluator` (built by `build_evaluator` from a TrainConfig), which rolls out and scores
+through the training Collector's own path, greedy, with the evaluation judges; so a number
+means the same thing wherever it is printed.
 
 A record holds, for one prompt and the policy's (greedy by default) response:
   IQ       100 if the answer is right, else 0 (exact metrics, world only; its mean is the IQ in %)
@@ -15,18 +16,23 @@ A record holds, for one prompt and the policy's (greedy by default) response:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Callable, Sequence
 
-import torch
-
+from wavalign.adapters import prompt_inputs_of
+from wavalign.data import judge_prompt_text
 from wavalign.modality import ModalitySpec
-from wavalign.rewards.completions import make_completions
-from wavalign.rollout.engine import ModalitySampling, Rollout, RolloutEngine, SamplingParams  # noqa: F401
-from wavalign.train.data import batch_columns, check_columns, judge_prompt_text
+from wavalign.rollout.engine import Rollout, SamplingParams
+from wavalign.sampling_params import ModalitySampling
+from wavalign.train.collect import Collector
+from wavalign.files import write_text_atomic
+from wavalign.train.data import check_columns
+from wavalign.train.run_log import nan_to_none
 
 log = logging.getLogger(__name__)
 
@@ -57,52 +63,38 @@ def metric_digits(name: str) -> int:
 
 @dataclass
 class PolicyEvaluator:
-    """Everything evaluation needs besides the policy itself.
+    """Held-out prompts, how to decode them and how to score them; `run(policy)` -> records.
 
-    examples: TrainExample-like objects (prompt_ids, columns, id, prompt_text)
-    format: the model's ResponseFormat (splits response ids into text and speech units)
+    collector: the rollout-and-scoring path training uses (train/collect.py), with the
+      evaluation judges as its reward_fn (keyed by "eval:<row>", so judge noise is the same for
+      every policy scored on the same prompts), or none
+    examples: TrainExamples (prompt_ids, columns, id, prompt_text)
     exact: (text, units, columns) -> {"IQ", "EQ", "WER", ...} exact metrics, or None (the world
       provides one; real data has none)
-    reward_fn: a CompositeReward (keyed by "eval:<row>" so judge noise is the same for every
-      policy scored on the same prompts), or None
-    codec: a SpeechCodec, used when reward_fn listens to audio
-    prompt_text: example -> the prompt as text for judges
     n: responses per prompt (records are prompt-major: row = prompt * n + sample)
     """
 
-    spec: ModalitySpec
-    pad_id: int
+    collector: Collector
     examples: Sequence
-    format: object
     exact: Callable | None
-    reward_fn: Callable | None
-    prompt_text: Callable
-    codec: object | None = None
     max_new_tokens: int = 160
     temperature: float = 0.0
     n: int = 1
     seed: int = EVAL_SEED
-    backend: str = "engine"  # rollout.backend: engine | hf_generate
-    kv_cache: str = "auto"  # rollout.kv_cache
-    cuda_graphs: bool = False  # rollout.cuda_graphs
-    adapter: object | None = None  # the model's wavalign.adapters.ModelAdapter (extra forward inputs)
 
-    @torch.no_grad()
+    @property
+    def spec(self) -> ModalitySpec:
+        return self.collector.spec
+
+    @property
+    def reward_fn(self):
+        return self.collector.reward_fn
+
     def rollout(self, policy) -> Rollout:
-        from wavalign.adapters import ModelAdapter, prompt_inputs_of
-        from wavalign.rollout import make_sampler
-
-        was_training = policy.training
-        policy.eval()
-        adapter = self.adapter or ModelAdapter()
-        engine = make_sampler(self.backend, policy, self.spec, pad_id=self.pad_id, adapter=adapter,
-                              kv_cache=self.kv_cache, cuda_graphs=self.cuda_graphs)
         sampling = ModalitySampling(temperature=self.temperature)
         params = SamplingParams(text=sampling, speech=sampling, max_new_tokens=self.max_new_tokens, seed=self.seed)
-        rollout = engine.generate([x.prompt_ids for x in self.examples], n=self.n, params=params,
-                                  extras=prompt_inputs_of(adapter, self.examples))
-        policy.train(was_training)
-        return rollout
+        return self.collector.rollout(policy, self.examples, n=self.n, params=params,
+                                      extras=prompt_inputs_of(self.collector.adapter, self.examples))
 
     def generate(self, policy) -> list[list[int]]:
         rollout = self.rollout(policy)
@@ -112,9 +104,8 @@ class PolicyEvaluator:
         """-> one record per response (see the module docstring)."""
         if len(responses) != len(self.examples) * self.n:
             raise ValueError(f"{len(responses)} responses for {len(self.examples)} examples x {self.n}")
-        listens = getattr(self.reward_fn, "needs_audio", False)
-        decode = {}
-        completions = make_completions(self.format, responses, self.codec if listens else None, stats=decode)
+        keys = [f"eval:{row}" for row in range(len(responses))]
+        completions, result, decode = self.collector.score(self.examples, responses, n=self.n, keys=keys)
         if decode.get("decode_failed"):
             log.warning("evaluation: the speech codec failed on %d of %d responses; judges that listen score them "
                         "None", decode["decode_failed"], decode["decode_requested"])
@@ -125,11 +116,7 @@ class PolicyEvaluator:
             if self.exact is not None:
                 record.update(self.exact(completion.text, completion.speech_units, example.columns))
             records.append(record)
-        if self.reward_fn is not None:
-            columns = batch_columns(self.examples, self.n)
-            columns["sample_key"] = [f"eval:{row}" for row in range(len(responses))]
-            prompts = [self.prompt_text(x) for x in self.examples for _ in range(self.n)]
-            result = self.reward_fn.score(prompts, completions, **columns)
+        if result is not None:
             for row, record in enumerate(records):
                 record["reward"] = float(result.total[row])
                 for k, name in enumerate(result.names):
@@ -142,26 +129,29 @@ class PolicyEvaluator:
 
 def build_evaluator(config, *, examples: Sequence, spec: ModalitySpec, tokenizer, format, world=None,
                     reward_fn=None, exact: Callable | None | str = "auto", codec="world",
-                    adapter=None) -> PolicyEvaluator:
+                    adapter=None, collector: Collector | None = None) -> PolicyEvaluator:
     """The evaluator a TrainConfig describes: the first `eval.limit` examples, greedy
     (eval.temperature), the rollout's response budget, the given judges, and exact metrics
     (exact="auto": the world's when the examples are the world's, i.e. data.source is world).
     codec: the SpeechCodec for rewards that listen ("world": the world's, when there is one);
-    adapter: the model's ModelAdapter."""
+    adapter: the model's ModelAdapter; collector: the training collector, whose format and
+    rollout engine evaluation shares (None: a collector of its own)."""
     e = config.eval
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (spec.pad or 0)
     if exact == "auto":
         exact = world.exact_metrics if world is not None and config.data.source == "world" else None
     examples = list(examples)[:e.limit]
     if reward_fn is not None:
         check_columns(examples, reward_fn)
-    return PolicyEvaluator(spec=spec, pad_id=pad_id, examples=examples, format=format, exact=exact,
-                           reward_fn=reward_fn,
-                           codec=(world.codec if world is not None else None) if codec == "world" else codec,
-                           prompt_text=partial(judge_prompt_text, tokenizer=tokenizer),
-                           max_new_tokens=config.rollout.max_new_tokens, temperature=e.temperature,
-                           backend=config.rollout.backend, kv_cache=config.rollout.kv_cache,
-                           cuda_graphs=config.rollout.cuda_graphs, adapter=adapter)
+    codec = (world.codec if world is not None else None) if codec == "world" else codec
+    if collector is not None:
+        collector = collector.with_rewards(reward_fn, codec=codec)
+    else:
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (spec.pad or 0)
+        collector = Collector(config, policy=None, spec=spec, pad_id=pad_id, format=format, reward_fn=reward_fn,
+                              prompt_text=partial(judge_prompt_text, tokenizer=tokenizer), codec=codec,
+                              adapter=adapter)
+    return PolicyEvaluator(collector=collector, examples=examples, exact=exact,
+                           max_new_tokens=config.rollout.max_new_tokens, temperature=e.temperature)
 
 
 def metric_names(records: Sequence[dict]) -> list[str]:
@@ -181,3 +171,16 @@ def mean_summary(records: Sequence[dict]) -> dict[str, float]:
     if "length" in out:
         out["response_length"] = out.pop("length")
     return out
+
+
+def evaluate_to_file(evaluator: PolicyEvaluator, policy, path: Path) -> dict[str, float]:
+    """Score `policy`, write its per-prompt records to `path` (JSONL, NaN as null, atomically)
+    and return their means ({} with a warning when there are no evaluation examples)."""
+    if not evaluator.examples:
+        log.warning("no evaluation examples (set data.eval_path for JSONL data, data.eval_split for hf_dataset "
+                    "data); evaluation skipped")
+        return {}
+    records = evaluator.run(policy)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, "".join(json.dumps(nan_to_none(r)) + "\n" for r in records))
+    return mean_summary(records)

@@ -98,7 +98,7 @@ def policy_gradient_loss(
     empty_scope: str = "skip",
     sequence_mask: torch.Tensor | None = None,
     denominator: float | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Scoped policy-gradient loss (the RL term of WavAlign, PAPER.md §5).
 
     Args:
@@ -154,7 +154,7 @@ def policy_gradient_loss(
     if ref_logprobs is not None:
         ref_logprobs = _masked(ref_logprobs, responses)
 
-    stats: dict[str, float] = {}
+    stats: dict[str, torch.Tensor] = {}  # 0-d tensors: read once per step, at logging (no host sync here)
     if old_logprobs is None:
         ratio = torch.exp(logprobs - logprobs.detach())  # value 1, gradient d log pi
         objective = ratio * adv
@@ -164,11 +164,12 @@ def policy_gradient_loss(
         objective = torch.minimum(ratio * adv, clipped * adv)
         in_scope = weights > 0
         was_clipped = (ratio * adv > clipped * adv) & in_scope
-        stats["clip_fraction"] = float(was_clipped.sum()) / max(int(in_scope.sum()), 1)
+        # counts divided in float64, as exact as a division of Python ints
+        stats["clip_fraction"] = was_clipped.sum().double() / in_scope.sum().clamp(min=1).double()
         for kind, name in ((0, "text"), (1, "speech")):  # per modality: which channel the clip binds
             of_kind = in_scope & (token_types == kind)
-            stats[f"clip_fraction_{name}"] = (float((was_clipped & of_kind).sum()) / int(of_kind.sum())
-                                              if bool(of_kind.any()) else float("nan"))
+            # NaN (0 / 0) when the batch has no in-scope token of this kind
+            stats[f"clip_fraction_{name}"] = (was_clipped & of_kind).sum().double() / of_kind.sum().double()
     token_loss = -objective * weights  # [N, T]
 
     if ref_logprobs is not None and (kl_beta_text > 0 or kl_beta_speech > 0):
@@ -176,7 +177,7 @@ def policy_gradient_loss(
         k3 = torch.exp(delta) - delta - 1.0  # >= 0, unbiased for KL(pi || ref)
         beta = torch.tensor((0.0, kl_beta_text, kl_beta_speech), device=logprobs.device)[token_types.long() + 1]
         token_loss = token_loss + beta * k3
-        stats["kl_mean"] = float(k3.detach()[responses].mean()) if bool(responses.any()) else 0.0
+        stats["kl_mean"] = torch.where(responses.any(), k3.detach()[responses].mean(), 0.0)
         kl_weights = (beta > 0).float()
     else:
         kl_weights = torch.zeros_like(weights)
@@ -197,10 +198,10 @@ def policy_gradient_loss(
         loss = token_loss.sum() / float(constant_normalizer if denominator is None else denominator)
 
     stats.update(
-        loss=float(loss.detach()),
-        advantage_mean=float(advantages.float().mean()) if advantages.numel() else 0.0,
-        scope_tokens=float((weights > 0).sum()),
-        empty_scope_sequences=float(empty.sum()),
+        loss=loss.detach(),
+        advantage_mean=advantages.detach().float().mean() if advantages.numel() else torch.zeros(()),
+        scope_tokens=(weights > 0).sum(),
+        empty_scope_sequences=empty.sum(),
     )
     return loss, stats
 
@@ -214,7 +215,7 @@ def sft_loss(
     normalization: str = "token_mean",
     empty_scope: str = "skip",
     denominator: float | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Acoustic anchoring: NLL of gold responses over the anchor scope (PAPER.md §6).
 
     logprobs: [N, T] log pi(y*_t) of gold tokens; token_types: [N, T] int8. Default scope
@@ -235,16 +236,15 @@ def sft_loss(
         per_sequence = (nll * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-12)
         loss = per_sequence[~empty].mean() if denominator is None else per_sequence[~empty].sum() / float(denominator)
 
-    def modality_nll(kind: int) -> float:
-        mask = token_types == kind
-        return float(nll.detach()[mask].mean()) if bool(mask.any()) else float("nan")
+    def modality_nll(kind: int) -> torch.Tensor:  # NaN when no token is of this kind
+        return nll.detach()[token_types == kind].mean()
 
-    return loss, {
-        "loss": float(loss.detach()),
-        "tokens": float((weights > 0).sum()),
+    return loss, {  # 0-d tensors: read once per step, at logging
+        "loss": loss.detach(),
+        "tokens": (weights > 0).sum(),
         "text_nll": modality_nll(0),
         "speech_nll": modality_nll(1),
-        "empty_scope_sequences": float(empty.sum()),
+        "empty_scope_sequences": empty.sum(),
     }
 
 
@@ -262,7 +262,7 @@ def dpo_loss(
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
     empty_scope: str = "skip",
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """DPO on preference pairs with log-probs summed over a token scope (PAPER.md §8).
 
     policy_* / ref_*: [N, Tc] for chosen and [N, Tr] for rejected; *_types alike.
@@ -306,28 +306,28 @@ def dpo_loss(
     chosen_reward = (beta * chosen_logratio).detach()[used]
     rejected_reward = (beta * rejected_logratio).detach()[used]
 
-    def mean(x):
-        return float(x.mean()) if x.numel() else float("nan")
+    def mean(x):  # NaN when no pair was used
+        return x.mean()
 
-    return loss, {
-        "loss": float(loss.detach()),
+    return loss, {  # 0-d tensors: read once per step, at logging
+        "loss": loss.detach(),
         "chosen_reward": mean(chosen_reward),
         "rejected_reward": mean(rejected_reward),
         "margin": mean(chosen_reward - rejected_reward),
         "accuracy": mean((chosen_reward > rejected_reward).float()),
-        "pairs_used": float(used.sum()),
-        "pairs_skipped": float(skipped.sum()),
+        "pairs_used": used.sum(),
+        "pairs_skipped": skipped.sum(),
     }
 
 
-def hybrid_loss(rl_loss: torch.Tensor, sft_loss: torch.Tensor, lam: float) -> tuple[torch.Tensor, dict[str, float]]:
+def hybrid_loss(rl_loss: torch.Tensor, sft_loss: torch.Tensor, lam: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """lam * L_RL + (1 - lam) * L_SFT, lam from the gate (or a fixed mix)."""
     if not (isinstance(lam, (int, float)) and 0.0 <= lam <= 1.0):
         raise ValueError(f"lam must be a number in [0, 1], got {lam!r}")
     loss = lam * rl_loss + (1.0 - lam) * sft_loss
     return loss, {
-        "loss": float(loss.detach()),
+        "loss": loss.detach(),
         "lambda": float(lam),
-        "rl": float(rl_loss.detach()),
-        "sft": float(sft_loss.detach()),
+        "rl": rl_loss.detach(),
+        "sft": sft_loss.detach(),
     }

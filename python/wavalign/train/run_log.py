@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+import torch
+
 # run.report_to values. The packages behind them are optional extras: tracker -> (module, extra).
 TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
 TRACKER_PACKAGES = {"wandb": ("wandb", "wandb"), "trackio": ("trackio", "trackio"), "mlflow": ("mlflow", "mlflow")}
@@ -52,6 +54,29 @@ def require_trackers(trackers: Sequence[str]) -> None:
     for tracker in trackers:
         if tracker in TRACKER_PACKAGES:
             _import_tracker(tracker)
+
+
+def as_numbers(stats: dict) -> dict[str, float]:
+    """A step's stats as plain numbers: 0-d tensors (what the learn side returns, so a GPU
+    step syncs with the host once, here) become floats; numbers pass through."""
+    return {key: float(value) if isinstance(value, torch.Tensor) else value for key, value in stats.items()}
+
+
+def progress_postfix(metrics: dict) -> dict[str, str]:
+    """The few numbers the training progress bar shows after each step."""
+    out = {}
+    if "reward/mean" in metrics:
+        out["reward"] = f"{metrics['reward/mean']:.2f}"
+    if "gate/lambda" in metrics:
+        out["λ"] = f"{metrics['gate/lambda']:.2f}"
+    out["loss"] = f"{metrics.get('loss/total', math.nan):.3f}"
+    out["s/step"] = f"{metrics['time/step']:.2f}"
+    return out
+
+
+def nan_to_none(record: dict) -> dict:
+    """NaN (no score) -> null, so the JSONL is standard JSON."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()}
 
 
 def scalars(record: dict) -> dict[str, float]:

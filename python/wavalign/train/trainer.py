@@ -1,116 +1,68 @@
-"""The training loop: setup, `fit`, checkpoints, resume and signals. A step is
+"""The training loop: `fit`, optimizer steps, checkpoints, resume and signals. A step is
 
-    batch = collector.collect(examples, step, first_prompt)     rollout -> rewards -> group stats
-    loss, metrics = LEARN_STEPS[mode](batch, logprob_fn, gate, config, ref_logprob_fn)
-    optimizer step (non-finite loss or gradient: skipped on every rank, counted)
+    batch = collector.collect_step(...)            rollout -> rewards -> group stats -> gate (collect.py)
+    loss, stats = learn(batch, logprob_fn, config) one pure function per mode (learn.py)
+    optimizer step                                 non-finite loss or gradient: skipped on every rank, counted
+    log                                            stats become numbers here, once per step
 
-(train/step.py holds both sides; PAPER.md §3-§7 the math.) hybrid: lambda * PG(rollouts, RL
-scope) + (1 - lambda) * SFT(gold, anchor scope), lambda from the gate; grpo: lambda = 1; sft:
-gold NLL only; dpo: pairs from rollouts, gold vs sampled, or offline JSONL, with a frozen
-reference. Under torchrun the global prompt batch is sharded across ranks.
+Everything the loop uses is built once by train/setup.py (build_run); PAPER.md §3-§7 holds
+the math. hybrid: lambda * PG(rollouts, RL scope) + (1 - lambda) * SFT(gold, anchor scope),
+lambda from the gate; grpo: lambda = 1; sft: gold NLL only; dpo: pairs from rollouts, gold vs
+sampled, or offline JSONL, with a frozen reference. Under torchrun the global prompt batch is
+sharded across ranks.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
+import operator
 import signal
 import time
 from datetime import datetime
 from pathlib import Path
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 
+from wavalign.data import TrainExample
 from wavalign.train import checkpoint as ckpt
 from wavalign.train import distributed, fsdp
+from wavalign.train.collect import StepBatch, collect_metrics
 from wavalign.train.config import TrainConfig
-from wavalign.train.data import PromptSampler, TrainExample, check_columns, judge_prompt_text, load_examples
-from wavalign.train.distributed import Ranks, pick_device  # noqa: F401 (pick_device: re-export)
-from wavalign.train.evaluator import PolicyEvaluator, build_evaluator, mean_summary
+from wavalign.train.data import PromptSampler
+from wavalign.train.evaluator import PolicyEvaluator, evaluate_to_file
 from wavalign.train.gate import AdaptiveGate
-from wavalign.logprobs import RowLogprobs, allowed_set_masks
-from wavalign.train.model import (  # noqa: F401
-    build_optimizer, full_states, load_codec, load_policy, load_states, lr_lambda,
-)
-from wavalign.train.rewards import EVAL_JUDGE_SEED_OFFSET, REWARD_KINDS, build_reward
+from wavalign.train.learn import learn
+from wavalign.train.model import build_optimizer, full_states, load_states
 from wavalign.train.run_dir import RunDirLock, check_free_space, checkpoint_bytes
 from wavalign.train.run_dir import prepare as prepare_run_dir
-from wavalign.train.run_log import RunLog, completion_rows, plot_run, require_trackers
-from wavalign.train.step import LEARN_STEPS, Collector, StepBatch, collect_metrics, with_global_quantities
+from wavalign.train.run_log import RunLog, as_numbers, completion_rows, plot_run, progress_postfix, require_trackers
+from wavalign.train.setup import build_run, start_process
 
 log = logging.getLogger(__name__)
 
 
-class JudgeFailureError(RuntimeError):
-    """Too many samples of a step got no reward: the judge is failing."""
+def _part(path: str) -> property:
+    """A read-only attribute of the trainer that is one of its Run's parts."""
+    get = operator.attrgetter(path)
+    return property(lambda self: get(self.run))
 
 
 class Trainer:
-    """evaluator: a PolicyEvaluator to score the policy before/after (default: the one the
-    config describes, built by train.evaluator.build_evaluator)."""
+    """world: an already loaded world; evaluator: a PolicyEvaluator to score the policy
+    before/after (default: the one the config describes, train.evaluator.build_evaluator)."""
 
     def __init__(self, config: TrainConfig, *, world=None, resume: bool = False, run_dir: str | Path | None = None,
                  evaluator: PolicyEvaluator | None = None):
         self.config = config
         require_trackers(config.run.trackers)  # before any work: a missing tracker package names its extra
-        self.ranks = Ranks.from_env()
-        if self.ranks.distributed:
-            distributed.init_process_group(config.distributed.backend, config.run.device,
-                                           cpu_offload=config.distributed.cpu_offload)
-        if config.optim.prompts_per_step % self.ranks.world_size:
-            raise ValueError(f"optim.prompts_per_step={config.optim.prompts_per_step} must be divisible by the "
-                             f"number of processes ({self.ranks.world_size})")
-        if config.run.threads:
-            torch.set_num_threads(config.run.threads)
-        torch.manual_seed(config.run.seed)
-        self.device = pick_device(config.run.device, self.ranks.local_rank)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        self.world = world if world is not None else self._load_world()
-        self.loaded = load_policy(config, self.world, self.device, self.ranks)
-        self.policy, self.tokenizer, self.spec = self.loaded.policy, self.loaded.tokenizer, self.loaded.spec
-        self.pad_id, self.format = self.loaded.pad_id, self.loaded.format
-        codec = self.codec = load_codec(config, self.world)  # speech.codec (default: the world's, if any)
-        adapter = self.loaded.adapter
-        self.train_examples, self.eval_examples, self.skipped_lines = load_examples(
-            config, self.world, self.format, self.spec.vocab_size, codec)
-        if config.mode == "sft":  # SFT learns from gold only: prompt-only records have nothing to teach it
-            with_gold = [e for e in self.train_examples if e.response_ids is not None]
-            if not with_gold:
-                raise ValueError("sft mode needs gold responses (response_* / sft_target_* fields); no training "
-                                 "record has one")
-            if len(with_gold) < len(self.train_examples):
-                log.info("sft: %d of %d training records carry a gold response; the others are skipped",
-                         len(with_gold), len(self.train_examples))
-            self.train_examples = with_gold
-        self.reward_fn = None if config.mode == "sft" else build_reward(config.rewards, self.world, 0, codec=codec)
-        eval_reward = (build_reward(config.rewards, self.world, EVAL_JUDGE_SEED_OFFSET, codec=codec)
-                       if config.mode != "sft" or self.world is not None else None)
-        # Every record must carry the columns its rewards read: fail now, naming file:line.
-        if self.reward_fn is not None:
-            check_columns(self.train_examples, self.reward_fn)
-        if eval_reward is not None:
-            check_columns(self.eval_examples, eval_reward)
+        self.ranks, self.device = start_process(config)
+        self.run = build_run(config, device=self.device, ranks=self.ranks, world=world, evaluator=evaluator)
         self.gate = AdaptiveGate(config.gate, device=self.device)
         self.sampler = PromptSampler(len(self.train_examples), config.run.seed)
         self.optimizer, self.scheduler = build_optimizer(self.policy, config)  # with model.lora: the adapters
-        self.evaluator = evaluator or build_evaluator(config, examples=self.eval_examples, spec=self.spec,
-                                                      tokenizer=self.tokenizer, format=self.format,
-                                                      world=self.world, reward_fn=eval_reward, codec=codec,
-                                                      adapter=adapter)
-        self.collector = Collector(config, policy=self.policy, spec=self.spec, pad_id=self.pad_id,
-                                   format=self.format, reward_fn=self.reward_fn, prompt_text=self._prompt_text,
-                                   codec=codec, gathered=lambda: fsdp.full_parameters(self.loaded.logprob_module),
-                                   adapter=adapter)
-        set_masks = None
-        if config.scores_sampling_distribution:  # rollout rows are scored under their sampling sets
-            set_masks = allowed_set_masks(self.spec, self.policy.get_output_embeddings().weight.shape[0])
-        self.logprob_fn = RowLogprobs(self.loaded.trainable, self.pad_id, self.device, set_masks=set_masks,
-                                      adapter=adapter)
-        self.ref_logprob_fn = (RowLogprobs(self.loaded.reference, self.pad_id, self.device, reshard=self.loaded.sharded,
-                                           set_masks=set_masks, adapter=adapter) if self.loaded.reference is not None else None)
         self.step = 0
         self.counters = {"skipped_nonfinite_steps": 0, "judge_failures": 0, "samples_scored": 0}
         self.evaluations: dict[str, dict] = {}
@@ -131,75 +83,75 @@ class Trainer:
         if resume:
             self.run_log.truncate_after(self.step)
 
-    # ------------------------------------------------------------------ setup
     @property
     def is_main(self) -> bool:
         return self.ranks.is_main
 
-    @property
-    def reference(self):
-        """The frozen reference (ResponseLogprobs; with LoRA the policy's own module with its
-        adapters disabled, lora.AdapterDisabledReference), or None unless DPO or a KL penalty."""
-        return self.loaded.reference
-
-    def _load_world(self):
-        c = self.config
-        if not (c.data.source == "world" or c.model.path == "world"
-                or any(REWARD_KINDS[r.kind].needs_world for r in c.rewards.components)):
-            return None
-        from wavalign.world import load_world
-        from wavalign.world.config import WorldConfig
-
-        world_config = WorldConfig.named(c.data.world)
-        if self.ranks.distributed:  # one process builds, the others wait and load the cache
-            world = load_world(world_config) if self.is_main else None
-            distributed.barrier()
-            return world if self.is_main else load_world(world_config)
-        return load_world(world_config)
+    # ------------------------------------------------------------------ the run's parts (train/setup.py), read-only
+    loaded = _part("loaded")
+    policy = _part("loaded.policy")
+    tokenizer = _part("loaded.tokenizer")
+    spec = _part("loaded.spec")
+    pad_id = _part("loaded.pad_id")
+    # the frozen reference (ResponseLogprobs; with LoRA the policy's own module with its adapters
+    # disabled, lora.AdapterDisabledReference), or None unless DPO or a KL penalty
+    reference = _part("loaded.reference")
+    world, codec, reward_fn = _part("world"), _part("codec"), _part("reward_fn")
+    train_examples, eval_examples = _part("train_examples"), _part("eval_examples")
+    skipped_lines = _part("skipped_lines")
+    collector, evaluator = _part("collector"), _part("evaluator")
+    logprob_fn, ref_logprob_fn = _part("logprob_fn"), _part("ref_logprob_fn")
 
     def _run_dir(self) -> Path:
         name = self.config.run.name or f"{self.config.mode}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         return Path(self.config.run.output_dir) / distributed.broadcast_object(name)  # every rank agrees
 
     def _prompt_text(self, example: TrainExample) -> str:
-        return judge_prompt_text(example, self.tokenizer)
+        return self.collector.prompt_text(example)
 
-    def _local_batch(self) -> tuple[list[TrainExample], int]:
-        """This rank's prompts of the next global batch, and the global index of its first prompt."""
-        indices = self.sampler.next(self.config.optim.prompts_per_step)
-        share = len(indices) // self.ranks.world_size
-        mine = indices[self.ranks.rank * share:(self.ranks.rank + 1) * share]
-        return [self.train_examples[i] for i in mine], self.ranks.rank * share
+    def _local_batches(self) -> list[tuple[list[TrainExample], int]]:
+        """This rank's prompt batches of the next step (gradient accumulation: several), each
+        with the global index of its first prompt (accumulated batches draw their own sample
+        streams and judge keys)."""
+        per_step, parts = self.config.optim.prompts_per_step, []
+        for index in range(self.config.optim.gradient_accumulation_steps):
+            indices = self.sampler.next(per_step)
+            share = len(indices) // self.ranks.world_size
+            mine = indices[self.ranks.rank * share:(self.ranks.rank + 1) * share]
+            parts.append(([self.train_examples[i] for i in mine], index * per_step + self.ranks.rank * share))
+        return parts
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, float]:
         """One optimizer step (rollout.num_iterations of them when PPO inner epochs are on)."""
         c = self.config
         start = time.perf_counter()
-        batch = self._collect()
+        self.policy.train()  # the rollout switches to eval mode while it decodes, then back
+        inner_epochs = c.rollout.num_iterations > 1 and c.mode in ("hybrid", "grpo")
+        batch = self.collector.collect_step(
+            self._local_batches(), step=self.step, gate=self.gate, world_size=self.ranks.world_size,
+            all_reduce=lambda values: distributed.all_reduce(values, "sum", self.device),
+            with_kl=self.ref_logprob_fn is not None,
+            behaviour=(lambda rows: self.logprob_fn(rows)[0]) if inner_epochs else None)
+        self.counters["judge_failures"] += batch.samples_missing
+        self.counters["samples_scored"] += batch.samples_scored
         metrics = collect_metrics(batch)
         timings = dict(batch.timings)
         t0 = time.perf_counter()
-        self.policy.train()
-        learn = LEARN_STEPS[c.mode]
-        iterations = c.rollout.num_iterations if batch.rows is not None and c.mode in ("hybrid", "grpo") else 1
+        iterations = c.rollout.num_iterations if batch.rows is not None and inner_epochs else 1
         # Micro-batches, accumulation and inner epochs hand each loss share to backward as it is
         # formed; a plain step keeps the one-graph path (and its outputs, bit for bit).
         streamed = c.optim.micro_batch_size > 0 or c.optim.gradient_accumulation_steps > 1 or iterations > 1
-        if iterations > 1:  # behaviour log-probs: the policy that sampled, before any update
-            with torch.no_grad():
-                batch.old_logprobs = self.logprob_fn(batch.rows)[0].detach().float().cpu()
         for iteration in range(iterations):
             if streamed:
                 self.optimizer.zero_grad(set_to_none=True)
-                loss, learned = learn(batch, self.logprob_fn, self.gate, c, self.ref_logprob_fn,
-                                      backward=self._backward)
-            else:
-                loss, learned = learn(batch, self.logprob_fn, self.gate, c, self.ref_logprob_fn)
+            loss, stats = learn(batch, self.logprob_fn, c, self.ref_logprob_fn,
+                                backward=self._backward if streamed else None)
             timings["forward"] = timings.get("forward", 0.0) + time.perf_counter() - t0
             # the LR schedule counts train steps (rollout batches), not inner updates
             outcome = self._optimize(loss, timings, backward_done=streamed, schedule=iteration == iterations - 1)
             t0 = time.perf_counter()
+        learned = as_numbers(stats)
         metrics.update(learned)
         metrics.update(outcome)
         self._log_completions(batch, learned)
@@ -208,22 +160,6 @@ class Trainer:
         metrics.update({f"time/{k}": v for k, v in timings.items()})
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
-
-    def _collect(self) -> StepBatch:
-        """This rank's prompt batches of the step (gradient accumulation: several), collected
-        with the current policy and merged, plus the few global quantities learning needs."""
-        c = self.config
-        batches = []
-        for index in range(c.optim.gradient_accumulation_steps):
-            examples, first_prompt = self._local_batch()
-            # accumulated batches draw their own sample streams and judge keys
-            batch = self.collector.collect(examples, step=self.step,
-                                           first_prompt=index * c.optim.prompts_per_step + first_prompt)
-            self._check_rewards(batch)
-            batches.append(batch)
-        batch = StepBatch.merge(batches)
-        return with_global_quantities(batch, c, self.ranks.world_size, self.ref_logprob_fn is not None,
-                                      lambda values: distributed.all_reduce(values, "sum", self.device))
 
     def _backward(self, loss: torch.Tensor) -> None:
         """Backward of one loss share (micro-batch); gradients accumulate until the optimizer step."""
@@ -238,22 +174,6 @@ class Trainer:
             return
         rows = completion_rows(batch, [self._prompt_text(e) for e in batch.examples], learned.get("gate/lambda"))
         self.run_log.write_completions(step, rows, batch.completions, self.codec)
-
-    def _check_rewards(self, batch: StepBatch) -> None:
-        """Count samples without a reward (all ranks); stop when the judge fails too often."""
-        if batch.rewards is None:
-            return
-        missing, total = int(torch.isnan(batch.rewards).sum()), batch.rewards.numel()
-        g_missing, g_total = distributed.all_reduce([float(missing), float(total)], "sum", self.device)
-        self.counters["judge_failures"] += int(g_missing)
-        self.counters["samples_scored"] += int(g_total)
-        rate = g_missing / max(g_total, 1.0)
-        limit = self.config.rewards.max_failure_rate
-        if rate > limit:
-            raise JudgeFailureError(
-                f"step {self.step + 1}: {int(g_missing)} of {int(g_total)} samples ({rate:.0%}) got no reward, over "
-                f"rewards.max_failure_rate={limit}; the judge is failing (see the warnings above). Fix the judge "
-                f"and resume with --resume.")
 
     def _optimize(self, loss: torch.Tensor, timings: dict[str, float], *, backward_done: bool = False,
                   schedule: bool = True) -> dict[str, float]:
@@ -298,17 +218,8 @@ class Trainer:
         FSDP2 they first help gather the weights)."""
         result: dict[str, float] = {}
         with fsdp.full_parameters(self.loaded.logprob_module):
-            if self.is_main:
-                if self.evaluator.examples:
-                    records = self.evaluator.run(self.policy)
-                    result = mean_summary(records)
-                    # per-prompt records, for paired comparisons with another run (the CLI's baseline)
-                    (self.run_dir / "eval").mkdir(exist_ok=True)
-                    ckpt.write_text_atomic(self.run_dir / "eval" / f"{label}.jsonl",
-                                           "".join(json.dumps(_nan_to_none(r)) + "\n" for r in records))
-                else:
-                    log.warning("no evaluation examples (set data.eval_path for JSONL data, data.eval_split for "
-                                "hf_dataset data); evaluation skipped")
+            if self.is_main:  # per-prompt records go to eval/<label>.jsonl (paired comparisons between runs)
+                result = evaluate_to_file(self.evaluator, self.policy, self.run_dir / "eval" / f"{label}.jsonl")
         result = distributed.broadcast_object(result)
         self.evaluations[label] = result
         self.run_log.write({"step": self.step, "kind": "eval", "label": label, **result})
@@ -327,7 +238,7 @@ class Trainer:
         weights, optimizer_state = full_states(self.loaded, self.optimizer)  # every rank takes part
         path = None
         if self.is_main:
-            extra = {"modality.yaml": _spec_yaml(self.spec)}
+            extra = {"modality.yaml": yaml.safe_dump(self.spec.to_dict(), sort_keys=False)}
             path = ckpt.save_checkpoint(self.checkpoint_root, self.step, model=self.policy, tokenizer=self.tokenizer,
                                         extra_files=extra, trainer_state=self._trainer_state(optimizer_state),
                                         rank_states=states, keep=self.config.run.keep_checkpoints,
@@ -344,12 +255,7 @@ class Trainer:
         if path is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {self.checkpoint_root}")
         state, rank_state = ckpt.load_trainer_state(path, self.ranks.rank)
-        if state["world_size"] != self.ranks.world_size:
-            raise ValueError(f"{path} was saved by {state['world_size']} processes; resume with the same number "
-                             f"(this run has {self.ranks.world_size})")
-        changed = self.config.differences_from(state["config"], ignore=("run", "eval"))
-        if changed:
-            raise ValueError(f"--resume: the config differs from the checkpoint's in {changed}")
+        ckpt.check_resumable(path, state, self.config, self.ranks.world_size)
         load_states(self.loaded, self.optimizer, path, state["optimizer"], self.device)
         self.scheduler.load_state_dict(state["scheduler"])
         self.gate.load_state_dict(state["gate"])
@@ -390,7 +296,7 @@ class Trainer:
                 self.step += 1
                 self.run_log.write({"step": self.step, "kind": "train", **metrics})
                 bar.update(1)
-                bar.set_postfix(self._postfix(metrics), refresh=False)
+                bar.set_postfix(progress_postfix(metrics), refresh=False)
                 if c.eval.every and self.step % c.eval.every == 0 and self.step < c.optim.steps:
                     self.evaluate(f"step_{self.step}")
                 if c.run.save_every and self.step % c.run.save_every == 0:
@@ -421,16 +327,6 @@ class Trainer:
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
 
-    def _postfix(self, metrics: dict) -> dict:
-        out = {}
-        if "reward/mean" in metrics:
-            out["reward"] = f"{metrics['reward/mean']:.2f}"
-        if "gate/lambda" in metrics:
-            out["λ"] = f"{metrics['gate/lambda']:.2f}"
-        out["loss"] = f"{metrics.get('loss/total', math.nan):.3f}"
-        out["s/step"] = f"{metrics['time/step']:.2f}"
-        return out
-
     def _say(self, message: str) -> None:
         if self.is_main:
             print(f"[train] {message}", flush=True)
@@ -438,14 +334,3 @@ class Trainer:
     def close(self) -> None:
         self.lock.release()
         distributed.destroy()
-
-
-def _nan_to_none(record: dict) -> dict:
-    """NaN (no score) -> null, so the JSONL is standard JSON."""
-    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()}
-
-
-def _spec_yaml(spec) -> str:
-    import yaml
-
-    return yaml.safe_dump(spec.to_dict(), sort_keys=False)

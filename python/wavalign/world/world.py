@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-from wavalign.data import read_jsonl
+from wavalign.data import WAVALIGN_KEYS, TrainExample, read_jsonl
 from wavalign.modality import ModalitySpec
 from wavalign.world.config import WorldConfig
 from wavalign.world.judges import AcousticJudge, SemanticJudge
@@ -38,6 +38,10 @@ class World:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         return [record for _, record in read_jsonl(self.path / "data" / f"{split}.jsonl")]
+
+    def train_examples(self, split: str) -> list[TrainExample]:
+        """A split's records as TrainExamples (what the trainer and the evaluator read)."""
+        return world_examples(self.examples(split))
 
     @property
     def report(self) -> dict:
@@ -99,31 +103,39 @@ class World:
         a = self.scorer.assess(text, units, columns["answer"], columns["style"])
         return {"IQ": 100.0 * a.correct, "EQ": a.eq, "WER": a.wer, "recognized": a.recognized}
 
-    def evaluator(self, examples: Sequence[dict], *, n: int = 1, temperature: float = 0.0, seed: int = 0,
-                  max_new_tokens: int = 160):
-        """A PolicyEvaluator over world records, scored by the exact metrics (no judges)."""
-        from wavalign.train.data import world_examples
-        from wavalign.train.evaluator import PolicyEvaluator
-
-        return PolicyEvaluator(spec=self.spec, pad_id=self.tokenizer.pad_token_id, examples=world_examples(examples),
-                               format=self.format, exact=self.exact_metrics, reward_fn=None, prompt_text=str,
-                               codec=self.codec, max_new_tokens=max_new_tokens, temperature=temperature, n=n,
-                               seed=seed)
-
+    @torch.no_grad()
     def generate(self, model, examples: Sequence[dict], *, n: int = 1, temperature: float = 0.0, seed: int = 0,
                  max_new_tokens: int = 160):
-        """Rollouts of `model` on the examples' prompts. -> (Rollout, [(text, units)] per row)."""
-        rollout = self.evaluator(examples, n=n, temperature=temperature, seed=seed,
-                                 max_new_tokens=max_new_tokens).rollout(model)
+        """Rollouts of `model` on the examples' prompts (the rollout engine, both channels at one
+        temperature). -> (Rollout, [(text, units)] per row, prompt-major: row = prompt * n + sample)."""
+        from wavalign.rollout import make_sampler
+        from wavalign.rollout.engine import SamplingParams
+        from wavalign.sampling_params import ModalitySampling
+
+        sampling = ModalitySampling(temperature=temperature)
+        params = SamplingParams(text=sampling, speech=sampling, max_new_tokens=max_new_tokens, seed=seed)
+        was_training = model.training
+        model.eval()
+        engine = make_sampler("engine", model, self.spec, pad_id=self.tokenizer.pad_token_id)
+        rollout = engine.generate([list(r["prompt_ids"]) for r in examples], n=n, params=params,
+                                  extras=[None] * len(examples))
+        model.train(was_training)
         fmt = self.format
         channels = [fmt.split(row[:length].tolist()) for row, length in zip(rollout.ids, rollout.lengths)]
         return rollout, channels
 
     def evaluate(self, model, split: str = "test", *, temperature: float = 0.0, n: int = 1, seed: int = 0,
                  limit: int | None = None, max_new_tokens: int = 160) -> tuple[dict, list[dict]]:
-        """Exact IQ / EQ / WER of `model` on a split. -> (summary, per-row records)."""
-        records = self.evaluator(self.examples(split)[:limit], n=n, temperature=temperature, seed=seed,
-                                 max_new_tokens=max_new_tokens).run(model)
+        """Exact IQ / EQ / WER of `model` on a split (the world's own diagnostic; training and
+        wavalign.eval score through the trainer's collector). -> (summary, per-row records)."""
+        examples = self.examples(split)[:limit]
+        rollout, channels = self.generate(model, examples, n=n, temperature=temperature, seed=seed,
+                                          max_new_tokens=max_new_tokens)
+        records = []
+        for row, (text, units) in enumerate(channels):
+            record = examples[row // n]
+            records.append({"id": record["id"], "length": float(rollout.lengths[row]), "text": text,
+                            **self.exact_metrics(text, units, record)})
         count = len(records)
         if count == 0:
             raise ValueError("nothing to summarise")
@@ -134,3 +146,11 @@ class World:
         """Exact metrics of the split's gold responses (records that carry one)."""
         return summarize([self.scorer.assess(e["response_text"], e["response_units"], e["answer"], e["style"])
                           for e in self.examples(split) if "response_text" in e])
+
+
+def world_examples(records: list[dict]) -> list[TrainExample]:
+    """The world's records (already tokenised) -> TrainExample (prompt-only records,
+    WorldConfig.gold_fraction < 1, have no response_ids)."""
+    return [TrainExample(r["id"], list(r["prompt_ids"]), list(r["response_ids"]) if "response_ids" in r else None, None,
+                         {k: v for k, v in r.items() if k not in WAVALIGN_KEYS}, r.get("prompt_text"))
+            for r in records]

@@ -17,12 +17,10 @@ import numbers
 import numpy as np
 import torch
 
-from wavalign import _ops
+from wavalign import ops
 from wavalign.codes import FINISH_NAMES, FINISH_RUNNING, PHASE_SPEECH, PHASE_TEXT, SCHEDULE_CODES
-from wavalign.modality import ModalitySpec
 
-
-_INT32_MAX = _ops.INT32[1]
+_INT32_MAX = ops.INT32[1]
 _BUDGET_RULE = f"budgets must be integers in [-1, {_INT32_MAX}] (int32; -1 = unlimited)"
 
 
@@ -30,8 +28,8 @@ def _budget(value, n: int, name: str, device) -> torch.Tensor:
     """[n] int32 budgets from a number (or None) or a [n] tensor / numpy array / list; every
     value is checked to be an integer in [-1, 2**31 - 1] BEFORE the int32 conversion."""
     if isinstance(value, (torch.Tensor, np.ndarray, list, tuple)):
-        # integral float tensors are accepted as before; list elements must be ints
-        exact = _ops.integer_tensor(value, name, -1, _INT32_MAX, _BUDGET_RULE, device,
+        # integral float tensors are accepted; list elements must be ints
+        exact = ops.integer_tensor(value, name, -1, _INT32_MAX, _BUDGET_RULE, device,
                                     integral_floats=False)
         if exact.shape != (n,):
             raise ValueError(f"{name} must be a number or a [{n}] tensor, got shape {list(exact.shape)}")
@@ -46,9 +44,12 @@ def _budget(value, n: int, name: str, device) -> torch.Tensor:
 
 
 class InterleaveState:
-    """Per-row phase, chunk position, text/speech counts and finish reason for N rows."""
+    """Per-row phase, chunk position, text/speech counts and finish reason for N rows.
 
-    def __init__(self, spec: ModalitySpec, n_rows: int, *, max_text=None, max_speech=None,
+    spec: the model's wavalign.modality.ModalitySpec (its id tables and schedule; this module
+    sits below modality, which steps gold responses through the state)."""
+
+    def __init__(self, spec, n_rows: int, *, max_text=None, max_speech=None,
                  max_total=None, device: torch.device | str = "cpu"):
         self.spec = spec
         device = torch.device(device)
@@ -84,7 +85,7 @@ class InterleaveState:
             no_text = self.state["max_text"] == 0
             self.state["text_done"][no_text] = 1
             self.state["phase"][no_text] = PHASE_SPEECH
-        self.allowed_set = _ops.interleave_advance(self._config, self.state, None)
+        self.allowed_set = ops.interleave_advance(self._config, self.state, None)
 
     def allowed_ranges(self) -> torch.Tensor:
         """[N, R, 2] int64 allowed id ranges for the next sample (sampler input)."""
@@ -97,21 +98,17 @@ class InterleaveState:
             raise TypeError(f"sampled must be a [N] int64 tensor, numpy array or list of ints, "
                             f"got {type(sampled).__name__}")
         if isinstance(sampled, (list, tuple)):  # exact: ints only, in int64
-            sampled = _ops.integer_tensor(sampled, "sampled", *_ops.INT64, "ids must be integers (int64)",
+            sampled = ops.integer_tensor(sampled, "sampled", *ops.INT64, "ids must be integers (int64)",
                                           self.state["phase"].device, integral_floats=False)
-        sampled = _ops.as_tensor(sampled, "sampled", torch.int64, self.state["phase"].device)
-        self.allowed_set = _ops.interleave_advance(self._config, self.state, sampled.contiguous())
+        sampled = ops.as_tensor(sampled, "sampled", torch.int64, self.state["phase"].device)
+        self.allowed_set = ops.interleave_advance(self._config, self.state, sampled.contiguous())
 
     def advance_status(self, sampled: torch.Tensor) -> torch.Tensor:
         """advance() without the host-side check, for a decode loop that must not wait for the
         device each token: sampled is a [N] int64 tensor on the state's device; returns the
         [N] int32 status (0 ok, 1 id outside the vocabulary, 2 id not allowed in the row's
         phase; a rejected row keeps its state). The caller checks it (interleave_status_error)."""
-        c, s = self._config, self.state
-        self.allowed_set, status = _ops.interleave_advance_status(
-            c["schedule"], c["text_chunk"], c["speech_chunk"], c.get("ratio_pattern"), c["id_modality"], c["eos"],
-            c["begin_audio"], c["end_audio"], c["end_text"], sampled.contiguous(), s["max_text"], s["max_speech"],
-            s["max_total"], *(s[name] for name in _ops.INTERLEAVE_STATE_NAMES))
+        self.allowed_set, status = ops.interleave_advance_status(self._config, self.state, sampled.contiguous())
         return status
 
     def select(self, rows: torch.Tensor) -> None:

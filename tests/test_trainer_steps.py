@@ -1,5 +1,6 @@
-"""Issue 17's training knobs through the trainer: micro-batches, gradient accumulation, PPO
-inner epochs, and DAPO's global normaliser under two gloo processes."""
+"""How the trainer builds an optimizer step: micro-batches, gradient accumulation, PPO inner
+epochs, DAPO's global normaliser under two gloo processes, and log-probs scored under the
+sampling distribution."""
 
 import os
 import subprocess

@@ -1,5 +1,6 @@
-"""Issue 19 on the training side: mistakes fail early with a message naming what is wrong, and
-nothing is left behind or silently reused. Each test reproduces one finding."""
+"""Trainer start-up and resume: records missing a reward's columns, a run directory in use or
+unusable, and a corrupted checkpoint fail early with a message naming what is wrong; a failed
+save leaves no staging directory behind, and resume removes stale ones."""
 
 import json
 import shutil

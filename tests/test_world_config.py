@@ -1,0 +1,28 @@
+"""wavalign.world.config: WorldConfig validation, digest and YAML, and the world preset's spec."""
+
+import pytest
+
+from wavalign.world.config import JudgeNoise, WorldConfig
+
+
+def test_world_config_validation_and_digest(tmp_path):
+    assert WorldConfig().digest() == WorldConfig().digest() != WorldConfig(seed=1).digest()
+    with pytest.raises(ValueError, match="n_units"):
+        WorldConfig(n_units=2)
+    with pytest.raises(ValueError, match="failure_rate"):
+        JudgeNoise(noise_std=1.0, failure_rate=1.5)
+    path = tmp_path / "w.yaml"
+    path.write_text("seed: 3\nbogus: 1\n")
+    with pytest.raises(ValueError, match="bogus"):
+        WorldConfig.from_yaml(path)
+    path.write_text("seed: 3\nacoustic_judge: {noise_std: 2.0}\n")
+    config = WorldConfig.from_yaml(path)
+    assert config.seed == 3 and config.acoustic_judge == JudgeNoise(noise_std=2.0)
+
+
+def test_world_preset_matches_the_default_world_tokenizer():
+    from wavalign.modality import load_preset
+    from wavalign.world.build import world_tokenizer
+
+    _, spec = world_tokenizer(WorldConfig())
+    assert load_preset("world") == spec
