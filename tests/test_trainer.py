@@ -109,7 +109,8 @@ def test_every_mode_trains(fast_world, tmp_path, mode, extra, loss_key):
 
 
 def test_judge_failures_stop_the_run_with_a_clear_message(fast_world, tmp_path):
-    from wavalign.train.trainer import JudgeFailureError, Trainer
+    from wavalign.train.collect import JudgeFailureError
+    from wavalign.train.trainer import Trainer
 
     trainer = Trainer(make_config(tmp_path, "run.name=fail", "optim.steps=2", "eval.before=false"), world=fast_world)
     judge = trainer.reward_fn.components["semantic_judge"][0]

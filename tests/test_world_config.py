@@ -1,8 +1,25 @@
 """wavalign.world.config: WorldConfig validation, digest and YAML, and the world preset's spec."""
 
 import pytest
+import torch
 
 from wavalign.world.config import JudgeNoise, WorldConfig
+
+
+def test_world_digest_changes_with_the_build_environment(monkeypatch):
+    # A world's SFT rounds differently under torch's AVX2 and AVX512 kernels (and would under
+    # another torch), so a world cached on one machine must not be reused by another: the
+    # digest (the cache directory's name) holds torch's version and its CPU capability.
+    here = WorldConfig.fast().digest()
+    other = "AVX2" if torch.backends.cpu.get_cpu_capability() != "AVX2" else "AVX512"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: other)
+    other_cpu = WorldConfig.fast().digest()
+    monkeypatch.undo()
+    monkeypatch.setattr(torch, "__version__", "0.0.1")
+    other_torch = WorldConfig.fast().digest()
+    monkeypatch.undo()
+    assert len({here, other_cpu, other_torch}) == 3
+    assert WorldConfig.fast().digest() == here
 
 
 def test_world_config_validation_and_digest(tmp_path):

@@ -125,9 +125,26 @@ class WorldConfig:
             raise ValueError(f"{path}: {error}") from error
 
     def digest(self) -> str:
-        """Cache key: a hash of every field and the build format."""
-        payload = json.dumps({"format": WORLD_FORMAT, **self.to_dict()}, sort_keys=True)
+        """Cache key: a hash of every field, the build format and the build environment."""
+        payload = json.dumps({"format": WORLD_FORMAT, "environment": build_environment(), **self.to_dict()},
+                             sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def build_environment() -> dict:
+    """What a world's bits depend on besides its config, so it belongs in the cache key.
+
+    The audio, units, BPE vocabulary and initial policy weights were measured identical across
+    transformers 4.57-5.25, tokenizers 0.20-0.23, numpy 1.26-2.4 and espeakng-loader 0.2.0-0.2.4
+    (a whole default world is bit-identical between transformers 5.24 and 5.25). What changes
+    it is the CPU kernels torch runs: the policy SFT rounds differently under ATen's AVX512,
+    AVX2 and default code (weights apart by up to 3.9e-6 after the default world's 270 steps;
+    MKL's instruction set and the thread count do not matter). So the key holds torch's
+    version and the CPU capability its kernels dispatch to: a cached world is never reused by a
+    machine that would build different bits (docs/world.md)."""
+    import torch
+
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def cache_root() -> Path:
