@@ -3,13 +3,15 @@
 import pytest
 import torch
 
+from wavalign.world import config as world_config
 from wavalign.world.config import JudgeNoise, WorldConfig
 
 
 def test_world_digest_changes_with_the_build_environment(monkeypatch):
     # A world's SFT rounds differently under torch's AVX2 and AVX512 kernels (and would under
     # another torch), so a world cached on one machine must not be reused by another: the
-    # digest (the cache directory's name) holds torch's version and its CPU capability.
+    # digest (the cache directory's name) holds torch's version, its CPU capability and the
+    # processor's vendor and model.
     here = WorldConfig.fast().digest()
     other = "AVX2" if torch.backends.cpu.get_cpu_capability() != "AVX2" else "AVX512"
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: other)
@@ -18,7 +20,10 @@ def test_world_digest_changes_with_the_build_environment(monkeypatch):
     monkeypatch.setattr(torch, "__version__", "0.0.1")
     other_torch = WorldConfig.fast().digest()
     monkeypatch.undo()
-    assert len({here, other_cpu, other_torch}) == 3
+    monkeypatch.setattr(world_config, "processor_name", lambda: "AnotherVendor Model 9")
+    other_processor = WorldConfig.fast().digest()
+    monkeypatch.undo()
+    assert len({here, other_cpu, other_torch, other_processor}) == 4
     assert WorldConfig.fast().digest() == here
 
 

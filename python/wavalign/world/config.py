@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -137,14 +138,28 @@ def build_environment() -> dict:
     The audio, units, BPE vocabulary and initial policy weights were measured identical across
     transformers 4.57-5.25, tokenizers 0.20-0.23, numpy 1.26-2.4 and espeakng-loader 0.2.0-0.2.4
     (a whole default world is bit-identical between transformers 5.24 and 5.25). What changes
-    it is the CPU kernels torch runs: the policy SFT rounds differently under ATen's AVX512,
-    AVX2 and default code (weights apart by up to 3.9e-6 after the default world's 270 steps;
-    MKL's instruction set and the thread count do not matter). So the key holds torch's
-    version and the CPU capability its kernels dispatch to: a cached world is never reused by a
-    machine that would build different bits (docs/world.md)."""
+    it is the CPU code torch runs: the policy SFT rounds differently under ATen's AVX512, AVX2
+    and default kernels (weights apart by up to 3.9e-6 after the default world's 270 steps),
+    and the BLAS library may pick per-processor paths. So the key holds torch's version, the
+    CPU capability its kernels dispatch to and the processor's vendor and model: a cached world
+    is not reused by another kind of machine, which builds its own (docs/world.md)."""
     import torch
 
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "processor": processor_name()}
+
+
+def processor_name() -> str:
+    """The CPU's vendor and model as the OS reports them (Linux: /proc/cpuinfo), else
+    platform.processor(); '' when neither says."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            fields = dict(line.split(":", 1) for line in handle if ":" in line)
+    except OSError:
+        fields = {}
+    names = {key.strip(): value.strip() for key, value in fields.items()}
+    found = " ".join(v for v in (names.get("vendor_id"), names.get("model name")) if v)
+    return found or platform.processor()
 
 
 def cache_root() -> Path:
