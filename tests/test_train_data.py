@@ -128,3 +128,13 @@ def test_prompt_sampler_is_seeded_resumable_and_covers_each_epoch():
 def test_batch_columns_repeat_per_sample():
     examples = [TrainExample("a", [1], columns={"answer": "x"}), TrainExample("b", [1], columns={"style": "s"})]
     assert batch_columns(examples, 2) == {"answer": ["x", "x", None, None], "style": [None, None, "s", "s"]}
+
+
+def test_rank_batches_shard_each_accumulated_batch_over_the_ranks():
+    from wavalign.train.data import PromptSampler
+
+    whole = PromptSampler(10, seed=3).next(8)  # one process sees two batches of 4 in this order
+    ranks = [PromptSampler(10, seed=3).rank_batches(4, 2, rank, 2) for rank in range(2)]
+    assert ranks[0] == [(whole[0:2], 0), (whole[4:6], 4)]  # (example indices, first global prompt)
+    assert ranks[1] == [(whole[2:4], 2), (whole[6:8], 6)]
+    assert PromptSampler(10, seed=3).rank_batches(4, 2, 0, 1) == [(whole[0:4], 0), (whole[4:8], 4)]

@@ -344,6 +344,19 @@ class PromptSampler:
             self.position += take
         return out
 
+    def rank_batches(self, per_step: int, accumulation: int, rank: int, world_size: int
+                     ) -> list[tuple[list[int], int]]:
+        """The next optimizer step's prompts for one rank: `accumulation` global batches of
+        `per_step` prompts, each sharded evenly over the ranks; -> (this rank's example
+        indices, the global index of its first prompt in the step) per batch, so accumulated
+        batches draw their own sample streams and judge keys."""
+        out = []
+        for index in range(accumulation):
+            indices = self.next(per_step)
+            share = len(indices) // world_size
+            out.append((indices[rank * share:(rank + 1) * share], index * per_step + rank * share))
+        return out
+
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "size": self.size, "seed": self.seed}
 

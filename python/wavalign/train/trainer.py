@@ -5,11 +5,9 @@
     optimizer step                                 non-finite loss or gradient: skipped on every rank, counted
     log                                            stats become numbers here, once per step
 
-Everything the loop uses is built once by train/setup.py (build_run); PAPER.md §3-§7 holds
-the math. hybrid: lambda * PG(rollouts, RL scope) + (1 - lambda) * SFT(gold, anchor scope),
-lambda from the gate; grpo: lambda = 1; sft: gold NLL only; dpo: pairs from rollouts, gold vs
-sampled, or offline JSONL, with a frozen reference. Under torchrun the global prompt batch is
-sharded across ranks.
+Everything the loop uses is built once by train/setup.py (build_run); the modes' losses are in
+train/learn.py, their math in PAPER.md §3-§7. Under torchrun the global prompt batch is sharded
+across ranks.
 """
 
 from __future__ import annotations
@@ -88,11 +86,8 @@ class Trainer:
         return self.ranks.is_main
 
     # ------------------------------------------------------------------ the run's parts (train/setup.py), read-only
-    loaded = _part("loaded")
-    policy = _part("loaded.policy")
-    tokenizer = _part("loaded.tokenizer")
-    spec = _part("loaded.spec")
-    pad_id = _part("loaded.pad_id")
+    loaded, policy, tokenizer = _part("loaded"), _part("loaded.policy"), _part("loaded.tokenizer")
+    spec, pad_id = _part("loaded.spec"), _part("loaded.pad_id")
     # the frozen reference (ResponseLogprobs; with LoRA the policy's own module with its adapters
     # disabled, lora.AdapterDisabledReference), or None unless DPO or a KL penalty
     reference = _part("loaded.reference")
@@ -110,16 +105,10 @@ class Trainer:
         return self.collector.prompt_text(example)
 
     def _local_batches(self) -> list[tuple[list[TrainExample], int]]:
-        """This rank's prompt batches of the next step (gradient accumulation: several), each
-        with the global index of its first prompt (accumulated batches draw their own sample
-        streams and judge keys)."""
-        per_step, parts = self.config.optim.prompts_per_step, []
-        for index in range(self.config.optim.gradient_accumulation_steps):
-            indices = self.sampler.next(per_step)
-            share = len(indices) // self.ranks.world_size
-            mine = indices[self.ranks.rank * share:(self.ranks.rank + 1) * share]
-            parts.append(([self.train_examples[i] for i in mine], index * per_step + self.ranks.rank * share))
-        return parts
+        """This rank's prompt batches of the next step (gradient accumulation: several)."""
+        o = self.config.optim
+        return [([self.train_examples[i] for i in mine], first) for mine, first in self.sampler.rank_batches(
+            o.prompts_per_step, o.gradient_accumulation_steps, self.ranks.rank, self.ranks.world_size)]
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, float]:
@@ -184,10 +173,14 @@ class Trainer:
         if not backward_done:
             self.optimizer.zero_grad(set_to_none=True)
         out = {}
-        if not finite:  # every rank skips together, so DDP never waits on a missing backward
+
+        def skip(why: str) -> None:
             self.counters["skipped_nonfinite_steps"] += 1
-            log.warning("step %d: non-finite loss (%s); step skipped", self.step + 1, float(loss.detach()))
+            log.warning("step %d: %s; step skipped", self.step + 1, why)
             out["skipped_nonfinite"] = 1.0
+
+        if not finite:  # every rank skips together, so DDP never waits on a missing backward
+            skip(f"non-finite loss ({float(loss.detach())})")
         else:
             if not backward_done:
                 loss.backward()
@@ -201,9 +194,7 @@ class Trainer:
                 self.optimizer.step()
                 out["grad_norm"] = float(norm)
             else:
-                self.counters["skipped_nonfinite_steps"] += 1
-                log.warning("step %d: non-finite gradient norm; step skipped", self.step + 1)
-                out["skipped_nonfinite"] = 1.0
+                skip("non-finite gradient norm")
         self.optimizer.zero_grad(set_to_none=True)
         if schedule:
             self.scheduler.step()
@@ -226,7 +217,8 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ checkpoints
-    def _trainer_state(self, optimizer_state: dict | None = None) -> dict:
+    def _trainer_state(self, optimizer_state: dict | None) -> dict:
+        """optimizer_state: the full optimizer state (FSDP2 gathers it), None: this process's own."""
         optimizer_state = self.optimizer.state_dict() if optimizer_state is None else optimizer_state
         return {"step": self.step, "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
                 "gate": self.gate.state_dict(), "sampler": self.sampler.state_dict(),
