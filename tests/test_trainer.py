@@ -223,6 +223,13 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(fast_world, tmp_path):
     assert (tmp_path / "int" / "checkpoints" / "latest").read_text().strip() == f"step_{step:06d}"
 
 
+def torchrun(args, cwd, nproc=2):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+                           "--standalone", "-m", "wavalign.train", *args], cwd=cwd,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600)
+
+
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process(fast_world, tmp_path):
     common = sets(*BASE, "optim.steps=3", "eval.before=false", "eval.after=false", "run.device=cpu",
@@ -230,11 +237,7 @@ def test_two_gloo_processes_match_one_process(fast_world, tmp_path):
     single = cli([*common, "--name", "one"], tmp_path)
     out, _ = single.communicate(timeout=600)
     assert single.returncode == 0, out
-    env = {"OMP_NUM_THREADS": "1"}
-    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                             "--standalone", "-m", "wavalign.train", *common, "--name", "two"],
-                            cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, capture_output=True,
-                            text=True, timeout=600)
+    double = torchrun([*common, "--name", "two"], tmp_path)
     assert double.returncode == 0, double.stdout[-3000:] + double.stderr[-3000:]
     one, two = steps_of(tmp_path / "one"), steps_of(tmp_path / "two")
     assert len(one) == len(two) == 3
@@ -243,13 +246,6 @@ def test_two_gloo_processes_match_one_process(fast_world, tmp_path):
             assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), (a["step"], key, a[key], b[key])
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints" / "step_000003").glob("rank_*.pt")) == \
         ["rank_0.pt", "rank_1.pt"]
-
-
-def torchrun(args, cwd, nproc=2):
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-                           "--standalone", "-m", "wavalign.train", *args], cwd=cwd,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
