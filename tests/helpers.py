@@ -37,3 +37,14 @@ def assert_matches_distribution(ids: torch.Tensor, probs: torch.Tensor) -> None:
     tv = 0.5 * float((counts / draws - probs).abs().sum())
     tv_bound = math.sqrt(int(support.sum()) / draws)
     assert tv < tv_bound, f"total variation {tv:.4f} exceeds {tv_bound:.4f}"
+
+
+def assert_group_stats_match(native, expected: dict) -> None:
+    """Every field of a GroupStats equals its reference twin's: floats to 1e-5 (NaN = NaN),
+    counts and flags exactly."""
+    for name, want in expected.items():
+        got = getattr(native, name)
+        if got.dtype.is_floating_point:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, equal_nan=True, msg=name)
+        else:
+            assert torch.equal(got, want), name

@@ -19,6 +19,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import assert_group_stats_match
 from wavalign import ops
 from wavalign.modality import ModalitySpec, Schedule
 from wavalign.reference import reference_group_stats, reference_sample_tokens
@@ -459,17 +460,10 @@ def group_stats_inputs(draw):
 def test_group_stats_takes_exact_values_or_raises(inputs):
     given_rewards, rewards, eps, mode, std, valid = inputs
 
-    def compare(native, expected):
-        for name, want in expected.items():
-            got = getattr(native, name)
-            if got.dtype.is_floating_point:
-                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, equal_nan=True, msg=name)
-            else:
-                assert torch.equal(got, want), name
-
     stored_eps = torch.tensor(float(eps), dtype=torch.float32).item() if valid else eps  # the op's float eps
     _compare_with_twin(lambda: ops.group_stats(given_rewards, mode=mode, std=std, eps=eps),
-                       lambda: reference_group_stats(rewards, mode=mode, std=std, eps=stored_eps), valid, compare)
+                       lambda: reference_group_stats(rewards, mode=mode, std=std, eps=stored_eps), valid,
+                       assert_group_stats_match)
 
 
 # ---------------------------------------------------------------- property: InterleaveState
